@@ -1,0 +1,1 @@
+//! sixgate-relay: the RTP/RTCP relay core. Knows nothing of SIP.
