@@ -1,1 +1,7 @@
-//! sixgate
+//! sixgate: an IPv6-first SIP edge proxy and registrar. See `../shared/DESIGN.md` for the map.
+//!
+//! Rooms: [`config`] (TOML schema and validation), [`transport`] (sockets, framing, keepalive,
+//! STUN), [`message`] (parse + validate + edit SIP messages), [`core`] (what to do with a
+//! validated message), [`metrics`] (counters).
+
+pub mod message;

@@ -1,0 +1,162 @@
+//! Cuts a received message into start line, header lines and body (RFC 3261 §7, §7.3.1, §18.3).
+//!
+//! Only the structure is decided here: where each line and value begins and ends, the
+//! Content-Length (needed to find the body) and the body. Values are decoded later by
+//! [`super::validate`]. Leading CRLFs before the start line are skipped (§7.5); header lines may
+//! be folded; lines end in CRLF (a bare LF is tolerated, as robust elements do).
+
+use super::{scan, Framing, Header, HeaderName, MessageError, Span};
+use bytes::Bytes;
+
+/// More header lines than any real message carries; beyond this the message is refused.
+pub const MAX_HEADER_LINES: usize = 256;
+
+/// The start line as three (request) or three (response) lexical parts.
+#[derive(Clone, Copy, Debug)]
+pub enum RawStart {
+    Request { method: Span, uri: Span, version: Span },
+    Response { version: Span, code: Span, reason: Span },
+}
+
+/// A message cut into its parts, not yet validated.
+#[derive(Clone, Debug)]
+pub struct RawMessage {
+    pub buf: Bytes,
+    pub start: RawStart,
+    pub headers: Vec<Header>,
+    pub body: Span,
+    pub content_length: Option<u32>,
+}
+
+/// Finds the end of the line starting at `from`: returns (end of content, start of next line).
+#[inline]
+fn line_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+    let nl = from + memchr::memchr(b'\n', &buf[from..])?;
+    let end = if nl > from && buf[nl - 1] == b'\r' { nl - 1 } else { nl };
+    Some((end, nl + 1))
+}
+
+/// Splits `buf` into a [`RawMessage`].
+pub fn split(buf: Bytes, framing: Framing) -> Result<RawMessage, MessageError> {
+    let b: &[u8] = &buf;
+    let mut pos = 0;
+    while pos < b.len() && (b[pos] == b'\r' || b[pos] == b'\n') {
+        pos += 1;
+    }
+    if pos >= b.len() {
+        return Err(MessageError::Empty);
+    }
+    let sl_start = pos;
+    let (sl_end, mut pos) = line_end(b, pos).ok_or(MessageError::NoEndOfHeaders)?;
+    let start = split_start_line(b, sl_start, sl_end)?;
+
+    let mut headers: Vec<Header> = Vec::with_capacity(16);
+    let mut content_length: Option<u32> = None;
+    let mut cl_seen = false;
+    loop {
+        if pos == b.len() && framing == Framing::Datagram {
+            break; // a datagram that ends right after its last header line: no body
+        }
+        let (end, next) = line_end(b, pos).ok_or(MessageError::NoEndOfHeaders)?;
+        if end == pos {
+            pos = next; // the empty line
+            break;
+        }
+        if b[pos] == b' ' || b[pos] == b'\t' {
+            // A continuation line with no header to continue.
+            return Err(MessageError::MalformedHeaderLine);
+        }
+        // Fold continuation lines into this header's value.
+        let (mut vend, mut lnext) = (end, next);
+        while lnext < b.len() && (b[lnext] == b' ' || b[lnext] == b'\t') {
+            let (e, n) = line_end(b, lnext).ok_or(MessageError::NoEndOfHeaders)?;
+            vend = e;
+            lnext = n;
+        }
+        let colon = pos + memchr::memchr(b':', &b[pos..vend]).ok_or(MessageError::MalformedHeaderLine)?;
+        let mut name_end = colon;
+        while name_end > pos && (b[name_end - 1] == b' ' || b[name_end - 1] == b'\t') {
+            name_end -= 1;
+        }
+        if name_end == pos || !b[pos..name_end].iter().all(|&c| scan::is_token(c)) {
+            return Err(MessageError::MalformedHeaderLine);
+        }
+        let name_span = Span::new(pos, name_end);
+        let name = HeaderName::from_bytes(name_span.of(b));
+        let value = scan::trim(b, Span::new(colon + 1, vend));
+        if name == HeaderName::ContentLength {
+            if cl_seen {
+                return Err(MessageError::DuplicateHeader("Content-Length"));
+            }
+            cl_seen = true;
+            content_length = Some(parse_content_length(value.of(b))?);
+        }
+        if headers.len() == MAX_HEADER_LINES {
+            return Err(MessageError::TooManyHeaders);
+        }
+        headers.push(Header { name, name_span, value, line: Span::new(pos, lnext) });
+        pos = lnext;
+    }
+
+    let available = b.len() - pos;
+    let body_len = match (content_length, framing) {
+        (Some(cl), _) => {
+            let cl = cl as usize;
+            if cl > available {
+                return Err(MessageError::BodyShorterThanContentLength);
+            }
+            // On a datagram, octets past Content-Length are discarded (RFC 3261 §18.3).
+            cl
+        }
+        (None, Framing::Datagram) => available,
+        (None, Framing::Stream) => return Err(MessageError::MissingContentLength),
+    };
+    Ok(RawMessage { buf: buf.clone(), start, headers, body: Span::new(pos, pos + body_len), content_length })
+}
+
+fn parse_content_length(v: &[u8]) -> Result<u32, MessageError> {
+    if v.first() == Some(&b'-') {
+        return Err(MessageError::BadContentLength("negative"));
+    }
+    scan::parse_decimal(v, u64::from(u32::MAX))
+        .map(|n| n as u32)
+        .ok_or(MessageError::BadContentLength("not a number in range"))
+}
+
+fn split_start_line(b: &[u8], start: usize, end: usize) -> Result<RawStart, MessageError> {
+    let line = &b[start..end];
+    if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"SIP/") {
+        // Status-Line = SIP-Version SP Status-Code SP Reason-Phrase
+        let sp1 = memchr::memchr(b' ', line).ok_or(MessageError::BadStartLine("no status code"))?;
+        let code_start = sp1 + 1;
+        let code_end = memchr::memchr(b' ', &line[code_start..]).map_or(line.len(), |i| code_start + i);
+        let reason_start = (code_end + 1).min(line.len());
+        return Ok(RawStart::Response {
+            version: Span::new(start, start + sp1),
+            code: Span::new(start + code_start, start + code_end),
+            reason: Span::new(start + reason_start, end),
+        });
+    }
+    // Request-Line = Method SP Request-URI SP SIP-Version CRLF. Trailing whitespace is tolerated
+    // (RFC 4475 §3.1.2.10), but any other extra whitespace is an error (§3.1.2.8, §3.1.2.9).
+    let mut trimmed = line.len();
+    while trimmed > 0 && (line[trimmed - 1] == b' ' || line[trimmed - 1] == b'\t') {
+        trimmed -= 1;
+    }
+    let line = &line[..trimmed];
+    let sp1 = memchr::memchr(b' ', line).ok_or(MessageError::BadStartLine("not a Request-Line"))?;
+    let sp2 = memchr::memrchr(b' ', line).filter(|&i| i > sp1).ok_or(MessageError::BadStartLine("not a Request-Line"))?;
+    let method = &line[..sp1];
+    if method.is_empty() || !method.iter().all(|&c| scan::is_token(c)) {
+        return Err(MessageError::BadStartLine("method is not a token"));
+    }
+    let uri = &line[sp1 + 1..sp2];
+    if uri.is_empty() || uri.iter().any(|&c| c == b' ' || c == b'\t') {
+        return Err(MessageError::BadStartLine("whitespace in Request-URI or between its elements"));
+    }
+    Ok(RawStart::Request {
+        method: Span::new(start, start + sp1),
+        uri: Span::new(start + sp1 + 1, start + sp2),
+        version: Span::new(start + sp2 + 1, start + trimmed),
+    })
+}

@@ -1,0 +1,248 @@
+//! URIs: SIP/SIPS (RFC 3261 §19.1, §25.1) with IPv6 references (RFC 5118), tel (RFC 3966) and
+//! any other scheme kept as it came (RFC 3261 §8.2.2.1 answers unknown Request-URI schemes 416).
+//!
+//! A parsed [`Uri`] is spans into the message plus the host decoded to an address where it is
+//! one. An IPv6 address must be a bracketed reference and a real address: `2001:db8:::1` is
+//! refused even though RFC 3261's ABNF let it through (RFC 5118 §4.10).
+
+use super::{scan, Span};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    Sip,
+    Sips,
+    Tel,
+    Other,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Host {
+    Name(Span),
+    V4(Ipv4Addr),
+    V6(Ipv6Addr),
+}
+
+impl Host {
+    pub fn ip(&self) -> Option<IpAddr> {
+        match *self {
+            Host::V4(a) => Some(IpAddr::V4(a)),
+            Host::V6(a) => Some(IpAddr::V6(a)),
+            Host::Name(_) => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Uri {
+    /// The whole URI.
+    pub span: Span,
+    pub scheme: Scheme,
+    /// SIP/SIPS only: the user part (before any `:password`).
+    pub user: Option<Span>,
+    /// SIP/SIPS only.
+    pub host: Option<Host>,
+    /// SIP/SIPS only: the host as written (brackets included for IPv6).
+    pub host_span: Span,
+    pub port: Option<u16>,
+    /// `;`-parameters, the leading `;` included; empty when there are none.
+    pub params: Span,
+    /// `?`-headers, the `?` excluded.
+    pub headers: Option<Span>,
+}
+
+impl Uri {
+    pub fn is_sip(&self) -> bool {
+        matches!(self.scheme, Scheme::Sip | Scheme::Sips)
+    }
+
+    /// Looks up a URI parameter by name (case-insensitive). `Some(None)` for a flag like `;lr`.
+    pub fn param<'a>(&self, buf: &'a [u8], name: &str) -> Option<Option<&'a [u8]>> {
+        let p = self.params.of(buf);
+        p.split(|&c| c == b';').filter(|s| !s.is_empty()).find_map(|kv| {
+            let (k, v) = match kv.iter().position(|&c| c == b'=') {
+                Some(i) => (&kv[..i], Some(&kv[i + 1..])),
+                None => (kv, None),
+            };
+            k.eq_ignore_ascii_case(name.as_bytes()).then_some(v)
+        })
+    }
+}
+
+fn is_scheme_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.')
+}
+
+/// Characters of a URI that is not SIP: anything visible but the delimiters that would end it in
+/// a header (`<>`, whitespace, quotes).
+fn is_opaque_uri_char(c: u8) -> bool {
+    c > b' ' && c < 0x7f && !matches!(c, b'<' | b'>' | b'"')
+}
+
+/// Parses the URI occupying exactly `span` of `buf`.
+pub fn parse_uri(buf: &[u8], span: Span) -> Result<Uri, &'static str> {
+    let s = span.of(buf);
+    let colon = s.iter().position(|&c| c == b':').ok_or("no URI scheme")?;
+    let scheme = &s[..colon];
+    if scheme.is_empty() || !scheme[0].is_ascii_alphabetic() || !scheme.iter().all(|&c| is_scheme_char(c)) {
+        return Err("invalid URI scheme");
+    }
+    let scheme_kind = if scheme.eq_ignore_ascii_case(b"sip") {
+        Scheme::Sip
+    } else if scheme.eq_ignore_ascii_case(b"sips") {
+        Scheme::Sips
+    } else if scheme.eq_ignore_ascii_case(b"tel") {
+        Scheme::Tel
+    } else {
+        Scheme::Other
+    };
+    let base = span.start as usize;
+    let rest_start = base + colon + 1;
+    if rest_start >= span.end as usize {
+        return Err("empty URI after scheme");
+    }
+    if !matches!(scheme_kind, Scheme::Sip | Scheme::Sips) {
+        if !buf[rest_start..span.end as usize].iter().all(|&c| is_opaque_uri_char(c)) {
+            return Err("invalid character in URI");
+        }
+        return Ok(Uri {
+            span,
+            scheme: scheme_kind,
+            user: None,
+            host: None,
+            host_span: Span::default(),
+            port: None,
+            params: Span::default(),
+            headers: None,
+        });
+    }
+    parse_sip_rest(buf, span, scheme_kind, rest_start)
+}
+
+fn parse_sip_rest(buf: &[u8], span: Span, scheme: Scheme, rest_start: usize) -> Result<Uri, &'static str> {
+    let end = span.end as usize;
+    let rest = &buf[rest_start..end];
+    if rest.iter().any(|&c| c <= b' ' || c == 0x7f || c == b'<' || c == b'>' || c == b'"') {
+        return Err("invalid character in SIP URI");
+    }
+    // '@' may appear only as the end of userinfo: user, password, params and headers all have to
+    // escape it.
+    let (user, host_start) = match memchr::memchr(b'@', rest) {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let user_len = userinfo.iter().position(|&c| c == b':').unwrap_or(userinfo.len());
+            if user_len == 0 {
+                return Err("empty user part");
+            }
+            (Some(Span::new(rest_start, rest_start + user_len)), rest_start + at + 1)
+        }
+        None => (None, rest_start),
+    };
+    let hostport_len = buf[host_start..end].iter().position(|&c| c == b';' || c == b'?').unwrap_or(end - host_start);
+    if buf.get(host_start) != Some(&b'[') && buf[host_start..host_start + hostport_len].iter().filter(|&&c| c == b':').count() > 1 {
+        return Err("IPv6 address must be enclosed in [] (RFC 5118)");
+    }
+    let (host, host_span, mut pos) = parse_host(buf, host_start, end)?;
+    let mut port = None;
+    if pos < end && buf[pos] == b':' {
+        let pstart = pos + 1;
+        let mut pend = pstart;
+        while pend < end && buf[pend].is_ascii_digit() {
+            pend += 1;
+        }
+        port = Some(parse_port(&buf[pstart..pend])?);
+        pos = pend;
+    }
+    let params_start = pos;
+    while pos < end && buf[pos] != b'?' {
+        if buf[pos] != b';' && params_start == pos {
+            return Err("unexpected character after host");
+        }
+        pos += 1;
+    }
+    let params = Span::new(params_start, pos);
+    if params.of(buf).windows(2).any(|w| w == b";;") || params.of(buf).ends_with(b";") {
+        return Err("empty URI parameter");
+    }
+    let headers = (pos < end).then(|| Span::new(pos + 1, end));
+    Ok(Uri { span, scheme, user, host: Some(host), host_span, port, params, headers })
+}
+
+pub(crate) fn parse_port(digits: &[u8]) -> Result<u16, &'static str> {
+    scan::parse_decimal(digits, 65535).map(|p| p as u16).ok_or("invalid port")
+}
+
+/// Parses `host` (RFC 3261 §25.1 / RFC 5118) starting at `start`: a hostname, an IPv4 address, or
+/// a bracketed IPv6 reference. Returns the host, its span and the position after it.
+pub(crate) fn parse_host(buf: &[u8], start: usize, end: usize) -> Result<(Host, Span, usize), &'static str> {
+    if start < end && buf[start] == b'[' {
+        let close = buf[start..end].iter().position(|&c| c == b']').ok_or("unterminated IPv6 reference")? + start;
+        let text = std::str::from_utf8(&buf[start + 1..close]).map_err(|_| "invalid IPv6 reference")?;
+        let addr: Ipv6Addr = text.parse().map_err(|_| "invalid IPv6 address")?;
+        return Ok((Host::V6(addr), Span::new(start, close + 1), close + 1));
+    }
+    let mut pos = start;
+    while pos < end && (buf[pos].is_ascii_alphanumeric() || matches!(buf[pos], b'-' | b'.' | b'_')) {
+        pos += 1;
+    }
+    if pos == start {
+        return Err("missing host");
+    }
+    let text = &buf[start..pos];
+    let host = if text.iter().all(|c| c.is_ascii_digit() || *c == b'.') {
+        // All digits and dots: must be a dotted-quad (a hostname's top label starts with a letter).
+        let s = std::str::from_utf8(text).map_err(|_| "invalid IPv4 address")?;
+        Host::V4(s.parse().map_err(|_| "invalid IPv4 address")?)
+    } else {
+        if text.starts_with(b".") || text.starts_with(b"-") || text.windows(2).any(|w| w == b"..") {
+            return Err("invalid host name");
+        }
+        Host::Name(Span::new(start, pos))
+    };
+    Ok((host, Span::new(start, pos), pos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uri(s: &str) -> Result<Uri, &'static str> {
+        parse_uri(s.as_bytes(), Span::new(0, s.len()))
+    }
+
+    #[test]
+    fn ipv6_references() {
+        let u = uri("sip:[2001:db8::10]:5070;transport=udp").unwrap();
+        assert_eq!(u.host, Some(Host::V6("2001:db8::10".parse().unwrap())));
+        assert_eq!(u.port, Some(5070));
+        // RFC 5118 §4.3: the last group is part of the address, there is no port.
+        let u = uri("sip:[2001:db8::10:5070]").unwrap();
+        assert_eq!(u.port, None);
+        assert!(uri("sip:2001:db8::10").is_err(), "unbracketed IPv6 must be refused");
+        assert!(uri("sip:user@[2001:db8:::192.0.2.1]").is_err(), "three colons");
+        assert!(uri("sip:user@[2001:db8::192.0.2.1]").is_ok());
+        assert!(uri("sip:[::ffff:192.0.2.10]:19823").is_ok());
+    }
+
+    #[test]
+    fn user_params_headers() {
+        let s = "sip:alice:pw@example.com:5061;lr;transport=tcp?Subject=x";
+        let u = uri(s).unwrap();
+        assert_eq!(u.user.unwrap().of(s.as_bytes()), b"alice");
+        assert_eq!(u.port, Some(5061));
+        assert_eq!(u.param(s.as_bytes(), "lr"), Some(None));
+        assert_eq!(u.param(s.as_bytes(), "TRANSPORT"), Some(Some(&b"tcp"[..])));
+        assert_eq!(u.headers.unwrap().of(s.as_bytes()), b"Subject=x");
+    }
+
+    #[test]
+    fn other_schemes_are_kept() {
+        assert_eq!(uri("tel:+15551234").unwrap().scheme, Scheme::Tel);
+        assert_eq!(uri("soap.beep://192.0.2.103:3002").unwrap().scheme, Scheme::Other);
+        assert!(uri("<sip:a@b>").is_err());
+        assert!(uri("sip:").is_err());
+        assert!(uri("sip:a@").is_err());
+        assert!(uri("sip:1.2.3.400").is_err());
+        assert!(uri("sip:host:99999").is_err());
+    }
+}
