@@ -4,4 +4,9 @@
 //! STUN), [`message`] (parse + validate + edit SIP messages), [`core`] (what to do with a
 //! validated message), [`metrics`] (counters).
 
+pub mod config;
 pub mod message;
+pub mod core;
+pub mod metrics;
+pub mod transport;
+pub mod server;
