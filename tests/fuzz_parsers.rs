@@ -1,0 +1,139 @@
+//! Property tests: no input makes the parser, the response salvager, the stream framer, the
+//! STUN responder or the datagram handler panic. Inputs are arbitrary bytes and, more usefully,
+//! the torture vectors mutated (bytes flipped, cut, spliced), which keep most of the structure.
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use sixgate::config::{Config, TransportKind};
+use sixgate::core::Core;
+use sixgate::message::{parse, response, Framing};
+use sixgate::metrics::Metrics;
+use sixgate::transport::{framing::StreamFramer, stun, udp, Inbound};
+use std::sync::{Arc, OnceLock};
+
+fn seeds() -> &'static Vec<Vec<u8>> {
+    static SEEDS: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+    SEEDS.get_or_init(|| {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/sip-torture");
+        let mut v = Vec::new();
+        for sub in ["rfc4475", "rfc5118"] {
+            for e in std::fs::read_dir(dir.join(sub)).expect("torture corpus").flatten() {
+                v.push(std::fs::read(e.path()).unwrap());
+            }
+        }
+        v.sort();
+        v
+    })
+}
+
+fn core() -> &'static Core {
+    static CORE: OnceLock<Core> = OnceLock::new();
+    CORE.get_or_init(|| Core::new(&Config::embedded(), Arc::new(Metrics::default())))
+}
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    Flip(usize, u8),
+    Cut(usize),
+    Insert(usize, Vec<u8>),
+    Delete(usize, usize),
+}
+
+fn mutated() -> impl Strategy<Value = Vec<u8>> {
+    let m = prop_oneof![
+        (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Flip(i, b)),
+        any::<usize>().prop_map(Mutation::Cut),
+        (any::<usize>(), prop::collection::vec(prop_oneof![Just(b'\r'), Just(b'\n'), Just(b' '), Just(b';'), Just(b','), Just(b'"'), Just(b'<'), Just(b'['), Just(b':'), any::<u8>()], 1..8)).prop_map(|(i, v)| Mutation::Insert(i, v)),
+        (any::<usize>(), 1usize..40).prop_map(|(i, n)| Mutation::Delete(i, n)),
+    ];
+    (0..61usize, prop::collection::vec(m, 1..6)).prop_map(|(seed, muts)| {
+        let s = seeds();
+        let mut v = s[seed % s.len()].clone();
+        for m in muts {
+            let len = v.len().max(1);
+            match m {
+                Mutation::Flip(i, b) => {
+                    if !v.is_empty() {
+                        v[i % len] = b;
+                    }
+                }
+                Mutation::Cut(i) => v.truncate(i % len),
+                Mutation::Insert(i, bytes) => {
+                    let at = i % (v.len() + 1);
+                    v.splice(at..at, bytes);
+                }
+                Mutation::Delete(i, n) => {
+                    let at = i % len;
+                    let end = (at + n).min(v.len());
+                    if at < end {
+                        v.drain(at..end);
+                    }
+                }
+            }
+        }
+        v
+    })
+}
+
+fn inbound() -> Inbound {
+    Inbound { transport: TransportKind::Udp, local: "[::1]:5060".parse().unwrap(), remote: "[2001:db8::1]:4000".parse().unwrap() }
+}
+
+fn exercise(data: &[u8]) {
+    for framing in [Framing::Datagram, Framing::Stream] {
+        match parse(Bytes::copy_from_slice(data), framing) {
+            Ok(m) => {
+                // Serializing an unedited message reproduces its bytes (minus any trailing extra).
+                assert!(data.starts_with(&m.to_bytes()));
+                // After the received/rport stamp the message still parses, stamp included.
+                if m.is_request() {
+                    let mut m = m;
+                    let src: std::net::SocketAddr = "[2001:db8::99]:4999".parse().unwrap();
+                    sixgate::transport::stamp_received(&mut m, src);
+                    let again = parse(m.to_bytes(), framing).expect("a stamped message parses again");
+                    let r = again.top_via().received.expect("received present");
+                    assert_eq!(again.slice(r), b"2001:db8::99");
+                }
+            }
+            Err(e) => {
+                let _ = response::reject(data, &e);
+            }
+        }
+    }
+    let _ = udp::handle_datagram(core(), data, inbound(), 65535);
+    let _ = stun::answer(data, inbound().remote);
+    let mut f = StreamFramer::new(4096);
+    for chunk in data.chunks(7) {
+        f.push(chunk);
+        for _ in 0..64 {
+            match f.next_frame() {
+                Ok(Some(_)) => continue,
+                _ => break,
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..2048)) {
+        exercise(&data);
+    }
+
+    #[test]
+    fn mutated_torture_vectors_never_panic(data in mutated()) {
+        exercise(&data);
+    }
+
+    #[test]
+    fn arbitrary_stun_headers_never_panic(body in prop::collection::vec(any::<u8>(), 0..200), ty in 0u16..0x4000) {
+        let mut m = ty.to_be_bytes().to_vec();
+        m.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        m.extend_from_slice(&stun::MAGIC_COOKIE.to_be_bytes());
+        m.extend_from_slice(&[9u8; 12]);
+        m.extend_from_slice(&body);
+        exercise(&m);
+    }
+}
