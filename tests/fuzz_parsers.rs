@@ -6,7 +6,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use sixgate::config::{Config, TransportKind};
 use sixgate::core::Core;
-use sixgate::message::{parse, response, Framing};
+use sixgate::message::{parse, response, uri, Framing};
 use sixgate::metrics::Metrics;
 use sixgate::transport::{framing::StreamFramer, stun, udp, Inbound};
 use std::sync::{Arc, OnceLock};
@@ -135,5 +135,13 @@ proptest! {
         m.extend_from_slice(&[9u8; 12]);
         m.extend_from_slice(&body);
         exercise(&m);
+    }
+
+    /// The hand-written address parsers (faster than going through `str` and `std`'s generic
+    /// parser) must accept and decode exactly what `std` does.
+    #[test]
+    fn address_parsers_agree_with_std(s in "[0-9a-fA-F:.]{0,45}", v4 in "[0-9.]{0,17}") {
+        prop_assert_eq!(uri::parse_ipv6(s.as_bytes()), s.parse::<std::net::Ipv6Addr>().ok(), "{}", s);
+        prop_assert_eq!(uri::parse_ipv4(v4.as_bytes()), v4.parse::<std::net::Ipv4Addr>().ok(), "{}", v4);
     }
 }

@@ -168,7 +168,7 @@ pub fn parse_name_addr(buf: &[u8], span: Span) -> Result<NameAddr, Problem> {
         }
     } else if first_lt < c.end {
         let d = scan::trim(buf, Span::new(c.pos, first_lt));
-        if !d.of(buf).iter().all(|&b| scan::is_token(b) || scan::is_lws(b)) {
+        if !scan::all(d.of(buf), scan::TOKEN | scan::LWS) {
             return Err("display name must be quoted");
         }
         if !d.is_empty() {

@@ -78,7 +78,7 @@ pub fn split(buf: Bytes, framing: Framing) -> Result<RawMessage, MessageError> {
         while name_end > pos && (b[name_end - 1] == b' ' || b[name_end - 1] == b'\t') {
             name_end -= 1;
         }
-        if name_end == pos || !b[pos..name_end].iter().all(|&c| scan::is_token(c)) {
+        if name_end == pos || !scan::all(&b[pos..name_end], scan::TOKEN) {
             return Err(MessageError::MalformedHeaderLine);
         }
         let name_span = Span::new(pos, name_end);
@@ -147,7 +147,7 @@ fn split_start_line(b: &[u8], start: usize, end: usize) -> Result<RawStart, Mess
     let sp1 = memchr::memchr(b' ', line).ok_or(MessageError::BadStartLine("not a Request-Line"))?;
     let sp2 = memchr::memrchr(b' ', line).filter(|&i| i > sp1).ok_or(MessageError::BadStartLine("not a Request-Line"))?;
     let method = &line[..sp1];
-    if method.is_empty() || !method.iter().all(|&c| scan::is_token(c)) {
+    if method.is_empty() || !scan::all(method, scan::TOKEN) {
         return Err(MessageError::BadStartLine("method is not a token"));
     }
     let uri = &line[sp1 + 1..sp2];

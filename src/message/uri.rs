@@ -69,10 +69,6 @@ impl Uri {
     }
 }
 
-fn is_scheme_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.')
-}
-
 /// Characters of a URI that is not SIP: anything visible but the delimiters that would end it in
 /// a header (`<>`, whitespace, quotes).
 fn is_opaque_uri_char(c: u8) -> bool {
@@ -84,7 +80,7 @@ pub fn parse_uri(buf: &[u8], span: Span) -> Result<Uri, &'static str> {
     let s = span.of(buf);
     let colon = s.iter().position(|&c| c == b':').ok_or("no URI scheme")?;
     let scheme = &s[..colon];
-    if scheme.is_empty() || !scheme[0].is_ascii_alphabetic() || !scheme.iter().all(|&c| is_scheme_char(c)) {
+    if scheme.is_empty() || !scheme[0].is_ascii_alphabetic() || !scan::all(scheme, scan::SCHEME) {
         return Err("invalid URI scheme");
     }
     let scheme_kind = if scheme.eq_ignore_ascii_case(b"sip") {
@@ -121,12 +117,12 @@ pub fn parse_uri(buf: &[u8], span: Span) -> Result<Uri, &'static str> {
 
 fn parse_sip_rest(buf: &[u8], span: Span, scheme: Scheme, rest_start: usize) -> Result<Uri, &'static str> {
     let end = span.end as usize;
+    // Refuse characters a URI cannot hold; '@' may appear only as the end of userinfo (user,
+    // password, params and headers all have to escape it).
     let rest = &buf[rest_start..end];
-    if rest.iter().any(|&c| c <= b' ' || c == 0x7f || c == b'<' || c == b'>' || c == b'"') {
+    if !scan::all_uri_chars(rest) {
         return Err("invalid character in SIP URI");
     }
-    // '@' may appear only as the end of userinfo: user, password, params and headers all have to
-    // escape it.
     let (user, host_start) = match memchr::memchr(b'@', rest) {
         Some(at) => {
             let userinfo = &rest[..at];
@@ -161,7 +157,8 @@ fn parse_sip_rest(buf: &[u8], span: Span, scheme: Scheme, rest_start: usize) -> 
         pos += 1;
     }
     let params = Span::new(params_start, pos);
-    if params.of(buf).windows(2).any(|w| w == b";;") || params.of(buf).ends_with(b";") {
+    let p = params.of(buf);
+    if p.ends_with(b";") || p.windows(2).any(|w| w[0] == b';' && w[1] == b';') {
         return Err("empty URI parameter");
     }
     let headers = (pos < end).then(|| Span::new(pos + 1, end));
@@ -177,29 +174,139 @@ pub(crate) fn parse_port(digits: &[u8]) -> Result<u16, &'static str> {
 pub(crate) fn parse_host(buf: &[u8], start: usize, end: usize) -> Result<(Host, Span, usize), &'static str> {
     if start < end && buf[start] == b'[' {
         let close = buf[start..end].iter().position(|&c| c == b']').ok_or("unterminated IPv6 reference")? + start;
-        let text = std::str::from_utf8(&buf[start + 1..close]).map_err(|_| "invalid IPv6 reference")?;
-        let addr: Ipv6Addr = text.parse().map_err(|_| "invalid IPv6 address")?;
+        let addr = parse_ipv6(&buf[start + 1..close]).ok_or("invalid IPv6 address")?;
         return Ok((Host::V6(addr), Span::new(start, close + 1), close + 1));
     }
     let mut pos = start;
-    while pos < end && (buf[pos].is_ascii_alphanumeric() || matches!(buf[pos], b'-' | b'.' | b'_')) {
+    let mut digits_and_dots = true;
+    while pos < end && scan::is(buf[pos], scan::HOST) {
+        digits_and_dots &= buf[pos] == b'.' || buf[pos].is_ascii_digit();
         pos += 1;
     }
     if pos == start {
         return Err("missing host");
     }
     let text = &buf[start..pos];
-    let host = if text.iter().all(|c| c.is_ascii_digit() || *c == b'.') {
+    let host = if digits_and_dots {
         // All digits and dots: must be a dotted-quad (a hostname's top label starts with a letter).
-        let s = std::str::from_utf8(text).map_err(|_| "invalid IPv4 address")?;
-        Host::V4(s.parse().map_err(|_| "invalid IPv4 address")?)
+        Host::V4(parse_ipv4(text).ok_or("invalid IPv4 address")?)
     } else {
-        if text.starts_with(b".") || text.starts_with(b"-") || text.windows(2).any(|w| w == b"..") {
+        if text[0] == b'.' || text[0] == b'-' || text.windows(2).any(|w| w == b"..") {
             return Err("invalid host name");
         }
         Host::Name(Span::new(start, pos))
     };
     Ok((host, Span::new(start, pos), pos))
+}
+
+/// A dotted-quad, four decimal octets without leading zeros (as `std` accepts them).
+pub fn parse_ipv4(s: &[u8]) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut n = 0;
+    for part in s.split(|&c| c == b'.') {
+        if n == 4 || part.is_empty() || part.len() > 3 || (part.len() > 1 && part[0] == b'0') {
+            return None;
+        }
+        let mut v: u16 = 0;
+        for &d in part {
+            if !d.is_ascii_digit() {
+                return None;
+            }
+            v = v * 10 + u16::from(d - b'0');
+        }
+        octets[n] = u8::try_from(v).ok()?;
+        n += 1;
+    }
+    (n == 4).then(|| Ipv4Addr::from(octets))
+}
+
+/// An IPv6 address in RFC 4291 §2.2 text form: up to eight groups of 1–4 hex digits, at most one
+/// `::`, optionally ending in a dotted-quad. Accepts exactly what `std`'s parser accepts.
+pub fn parse_ipv6(s: &[u8]) -> Option<Ipv6Addr> {
+    let mut head = [0u16; 8];
+    let mut tail = [0u16; 8];
+    let (mut nh, mut nt) = (0usize, 0usize);
+    let mut gap = false;
+    let mut i = 0;
+    if s.starts_with(b"::") {
+        gap = true;
+        i = 2;
+        if i == s.len() {
+            return Some(Ipv6Addr::UNSPECIFIED);
+        }
+    }
+    loop {
+        let groups = if gap { nh + nt } else { nh };
+        // A dotted-quad may stand for the last two groups.
+        let rest = &s[i..];
+        // Short runs: a plain loop beats memchr's setup here.
+        let mut next_colon = 0;
+        let mut has_dot = false;
+        while next_colon < rest.len() && rest[next_colon] != b':' {
+            has_dot |= rest[next_colon] == b'.';
+            next_colon += 1;
+        }
+        if has_dot {
+            if next_colon != rest.len() || groups > 6 {
+                return None;
+            }
+            let v4 = parse_ipv4(rest)?.octets();
+            let (a, b) = (u16::from_be_bytes([v4[0], v4[1]]), u16::from_be_bytes([v4[2], v4[3]]));
+            let out = if gap { &mut tail[..] } else { &mut head[..] };
+            let k = if gap { &mut nt } else { &mut nh };
+            out[*k] = a;
+            out[*k + 1] = b;
+            *k += 2;
+            break;
+        }
+        if next_colon == 0 || next_colon > 4 || groups >= 8 {
+            return None;
+        }
+        let mut v: u16 = 0;
+        for &d in &rest[..next_colon] {
+            let x = match d {
+                b'0'..=b'9' => d - b'0',
+                b'a'..=b'f' => d - b'a' + 10,
+                b'A'..=b'F' => d - b'A' + 10,
+                _ => return None,
+            };
+            v = (v << 4) | u16::from(x);
+        }
+        if gap {
+            tail[nt] = v;
+            nt += 1;
+        } else {
+            head[nh] = v;
+            nh += 1;
+        }
+        i += next_colon;
+        if i == s.len() {
+            break;
+        }
+        // At a ':'. A second one right after is the gap.
+        i += 1;
+        if i < s.len() && s[i] == b':' {
+            if gap {
+                return None;
+            }
+            gap = true;
+            i += 1;
+            if i == s.len() {
+                break;
+            }
+        } else if i == s.len() {
+            return None; // trailing single ':'
+        }
+    }
+    let total = nh + nt;
+    if (gap && total > 7) || (!gap && total != 8) {
+        return None;
+    }
+    // `head` already holds the leading groups in place; the trailing ones move to the end.
+    for k in 0..nt {
+        head[8 - nt + k] = tail[k];
+    }
+    Some(Ipv6Addr::new(head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7]))
 }
 
 #[cfg(test)]
@@ -233,6 +340,22 @@ mod tests {
         assert_eq!(u.param(s.as_bytes(), "lr"), Some(None));
         assert_eq!(u.param(s.as_bytes(), "TRANSPORT"), Some(Some(&b"tcp"[..])));
         assert_eq!(u.headers.unwrap().of(s.as_bytes()), b"Subject=x");
+    }
+
+    #[test]
+    fn address_parsers_agree_with_std() {
+        let cases = [
+            "::", "::1", "1::", "2001:db8::10", "2001:db8:0:0:0:0:0:1", "2001:db8::192.0.2.1", "::ffff:192.0.2.10",
+            "1:2:3:4:5:6:7:8", "1:2:3:4:5:6:7::", "::2:3:4:5:6:7:8", "1:2:3:4:5:6:1.2.3.4", "1:2:3:4:5:6:7:1.2.3.4",
+            "2001:db8:::1", ":1", "1:", "1::2::3", "12345::", "g::", "1:2:3:4:5:6:7:8:9", "1.2.3.4", "::1.2.3", "",
+            "::01.2.3.4", "::1.2.3.4:5", ":::", "1:2:3:4:5:6:7", "::1:2:3:4:5:6:7:8", "fe80::1%eth0", "AbCd::eF",
+        ];
+        for c in cases {
+            assert_eq!(parse_ipv6(c.as_bytes()), c.parse::<Ipv6Addr>().ok(), "{c}");
+        }
+        for c in ["1.2.3.4", "255.255.255.255", "256.1.1.1", "01.2.3.4", "1.2.3", "1.2.3.4.5", "1..2.3", "", "0.0.0.0"] {
+            assert_eq!(parse_ipv4(c.as_bytes()), c.parse::<Ipv4Addr>().ok(), "{c}");
+        }
     }
 
     #[test]
