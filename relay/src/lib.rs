@@ -537,7 +537,7 @@ fn run_worker(kind: EngineKind, parts: WorkerParts) {
     }
     let r = match kind {
         EngineKind::Epoll => engine::epoll::run(parts),
-        EngineKind::IoUring => engine::run_io_uring(parts),
+        EngineKind::IoUring => engine::uring::run(parts),
     };
     if let Err(e) = r {
         tracing::error!(error = %e, ?kind, "relay engine thread stopped");

@@ -62,6 +62,26 @@ pub(crate) fn to_sockaddr(addr: &SocketAddr, ss: &mut libc::sockaddr_storage) ->
     }
 }
 
+/// Aims a msghdr at one name and one buffer (no control data).
+#[inline]
+pub(crate) fn aim_msghdr(
+    h: &mut libc::msghdr,
+    name: &mut libc::sockaddr_storage,
+    namelen: libc::socklen_t,
+    iov: &mut libc::iovec,
+    buf: *const u8,
+    len: usize,
+) {
+    *iov = libc::iovec { iov_base: buf as *mut libc::c_void, iov_len: len };
+    h.msg_name = (name as *mut libc::sockaddr_storage).cast();
+    h.msg_namelen = namelen;
+    h.msg_iov = iov;
+    h.msg_iovlen = 1;
+    h.msg_control = std::ptr::null_mut();
+    h.msg_controllen = 0;
+    h.msg_flags = 0;
+}
+
 pub(crate) fn zeroed_storage() -> libc::sockaddr_storage {
     // SAFETY: all-zero is a valid sockaddr_storage.
     unsafe { zeroed() }

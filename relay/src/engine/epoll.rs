@@ -9,8 +9,8 @@ use std::mem::zeroed;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
-use super::{drain_commands, token, Applied, Forward, WorkerParts, MAX_DATAGRAM, TIMEOUT_TICK};
-use crate::sys::{from_sockaddr, to_sockaddr, zeroed_storage};
+use super::{drain_commands, housekeeping, token, Applied, Forward, WorkerParts, MAX_DATAGRAM, TIMEOUT_TICK};
+use crate::sys::{aim_msghdr, from_sockaddr, to_sockaddr, zeroed_storage};
 
 /// Datagrams per recvmmsg/sendmmsg call.
 const BATCH: usize = 64;
@@ -35,13 +35,6 @@ impl Batch {
     pub(crate) fn new() -> Batch {
         // SAFETY: iovec and mmsghdr are plain C structs for which all-zero is valid.
         let (iov, hdr): (libc::iovec, libc::mmsghdr) = unsafe { (zeroed(), zeroed()) };
-        let dummy = Forward {
-            fd: -1,
-            dst: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-            slot: 0,
-            leg: 0,
-            channel: crate::session::Channel::Rtp,
-        };
         Batch {
             bufs: vec![[0u8; MAX_DATAGRAM]; BATCH].into_boxed_slice(),
             rx_names: vec![zeroed_storage(); BATCH].into_boxed_slice(),
@@ -50,22 +43,16 @@ impl Batch {
             tx_names: vec![zeroed_storage(); BATCH].into_boxed_slice(),
             tx_iov: vec![iov; BATCH].into_boxed_slice(),
             tx_hdrs: vec![hdr; BATCH].into_boxed_slice(),
-            tx_meta: vec![(dummy, 0); BATCH].into_boxed_slice(),
+            tx_meta: vec![(Forward::NONE, 0); BATCH].into_boxed_slice(),
         }
     }
 
     /// One recvmmsg on `fd`; returns how many datagrams arrived (0 on EAGAIN or error).
     fn recv(&mut self, fd: RawFd) -> usize {
+        const NAMELEN: libc::socklen_t = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         for i in 0..BATCH {
-            self.rx_iov[i] = libc::iovec { iov_base: self.bufs[i].as_mut_ptr().cast(), iov_len: MAX_DATAGRAM };
             let h = &mut self.rx_hdrs[i].msg_hdr;
-            h.msg_name = (&mut self.rx_names[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            h.msg_iov = &mut self.rx_iov[i];
-            h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
-            h.msg_flags = 0;
+            aim_msghdr(h, &mut self.rx_names[i], NAMELEN, &mut self.rx_iov[i], self.bufs[i].as_mut_ptr(), MAX_DATAGRAM);
         }
         // SAFETY: every header points into buffers owned by self that outlive the call.
         let n = unsafe {
@@ -119,15 +106,8 @@ pub(crate) fn service_socket(batch: &mut Batch, core: &mut super::Core, fd: RawF
             let Some(src) = from_sockaddr(&batch.rx_names[i]) else { continue };
             if let Some(f) = core.on_packet(tok, src, &batch.bufs[i][..len], truncated, now) {
                 let namelen = to_sockaddr(&f.dst, &mut batch.tx_names[queued]);
-                batch.tx_iov[queued] = libc::iovec { iov_base: batch.bufs[i].as_mut_ptr().cast(), iov_len: len };
                 let h = &mut batch.tx_hdrs[queued].msg_hdr;
-                h.msg_name = (&mut batch.tx_names[queued] as *mut libc::sockaddr_storage).cast();
-                h.msg_namelen = namelen;
-                h.msg_iov = &mut batch.tx_iov[queued];
-                h.msg_iovlen = 1;
-                h.msg_control = std::ptr::null_mut();
-                h.msg_controllen = 0;
-                h.msg_flags = 0;
+                aim_msghdr(h, &mut batch.tx_names[queued], namelen, &mut batch.tx_iov[queued], batch.bufs[i].as_ptr(), len);
                 batch.tx_meta[queued] = (f, len);
                 queued += 1;
             }
@@ -205,17 +185,13 @@ pub(crate) fn run(mut parts: WorkerParts) -> io::Result<()> {
                     }
                 }
                 // Closing the sockets removes them from the epoll set.
-                Applied::Removed(live) => drop(live),
+                Applied::Removed { live, .. } => drop(live),
                 Applied::Nothing => {}
             });
             if !alive {
                 return Ok(());
             }
         }
-        if Instant::now() >= next_tick {
-            parts.core.check_timeouts();
-            next_tick = Instant::now() + TIMEOUT_TICK;
-        }
-        parts.core.events.flush();
+        housekeeping(&mut parts.core, &mut next_tick);
     }
 }

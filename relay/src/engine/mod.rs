@@ -6,6 +6,7 @@
 //! nothing; the engines only batch the resulting sends.
 
 pub(crate) mod epoll;
+pub(crate) mod uring;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -80,6 +81,27 @@ pub(crate) struct Forward {
     pub channel: Channel,
 }
 
+impl Forward {
+    /// Filler for preallocated arrays.
+    pub const NONE: Forward = Forward {
+        fd: -1,
+        dst: SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0)),
+        slot: 0,
+        leg: 0,
+        channel: Channel::Rtp,
+    };
+}
+
+/// End of an engine loop iteration: the media-timeout scan when its tick is due, then at most
+/// one event wake-up for everything the iteration produced.
+pub(crate) fn housekeeping(core: &mut Core, next_tick: &mut Instant) {
+    if Instant::now() >= *next_tick {
+        core.check_timeouts();
+        *next_tick = Instant::now() + TIMEOUT_TICK;
+    }
+    core.events.flush();
+}
+
 /// Token layout (epoll data / io_uring user_data): kind(4) | generation(28) | slot(30) | leg(1) | socket(1).
 pub(crate) mod token {
     pub const KIND_SHIFT: u32 = 60;
@@ -90,7 +112,6 @@ pub(crate) mod token {
             | ((leg as u64) << 1)
             | socket as u64
     }
-    #[allow(dead_code)]
     pub fn kind(t: u64) -> u64 {
         t >> KIND_SHIFT
     }
@@ -116,6 +137,15 @@ pub(crate) struct Live {
 }
 
 impl Live {
+    /// Each open socket with the token its receives carry.
+    pub fn receive_tokens(&self, kind: u64, gen: u32, slot: u32) -> impl Iterator<Item = (RawFd, u64)> + '_ {
+        (0..2).flat_map(move |leg| {
+            (0..2).filter_map(move |sock| {
+                self.sockets[leg][sock].as_ref().map(|u| (u.as_raw_fd(), token::make(kind, gen, slot, leg, sock)))
+            })
+        })
+    }
+
     fn fd(&self, leg: usize, socket: Channel) -> RawFd {
         self.sockets[leg][socket as usize].as_ref().map_or(-1, |s| s.as_raw_fd())
     }
@@ -195,25 +225,20 @@ impl Core {
     /// The sockets of a slot with their receive tokens (`kind` goes in the token's top bits).
     pub fn sockets(&self, slot: u32, kind: u64) -> impl Iterator<Item = (RawFd, u64)> + '_ {
         let s = &self.slots[slot as usize];
-        let gen = s.gen;
-        s.live.iter().flat_map(move |l| {
-            (0..2).flat_map(move |leg| {
-                (0..2).filter_map(move |sock| {
-                    l.sockets[leg][sock].as_ref().map(|u| (u.as_raw_fd(), token::make(kind, gen, slot, leg, sock)))
-                })
-            })
-        })
+        s.live.iter().flat_map(move |l| l.receive_tokens(kind, s.gen, slot))
     }
 
-    /// Removes a session, emits `Closed` with its final stats and returns it (sockets still
-    /// open: the engine closes them once its in-flight IO on them is done).
-    pub fn remove(&mut self, id: u64) -> Option<Live> {
+    /// Removes a session, emits `Closed` with its final stats and returns it with its slot and
+    /// generation (sockets still open: the engine closes them once it has dealt with their IO).
+    pub fn remove(&mut self, id: u64) -> Option<(u32, u32, Live)> {
         let slot = self.by_id.remove(&id)?;
-        let live = self.slots[slot as usize].live.take()?;
+        let s = &mut self.slots[slot as usize];
+        let live = s.live.take()?;
+        let gen = s.gen;
         self.free.push(slot);
         let stats = self.snapshot(&live.session);
         self.events.send(Event::Closed { session: SessionId(id), stats });
-        Some(live)
+        Some((slot, gen, live))
     }
 
     pub fn set_peer(&mut self, id: u64, leg: usize, peer: Option<SocketAddr>) {
@@ -240,8 +265,8 @@ impl Core {
             }
             Command::SetPeer { id, leg, peer } => self.set_peer(id, leg, peer),
             Command::Delete { id } => {
-                if let Some(live) = self.remove(id) {
-                    return Applied::Removed(live);
+                if let Some((slot, gen, live)) = self.remove(id) {
+                    return Applied::Removed { slot, gen, live };
                 }
             }
             Command::Stats { id, reply } => {
@@ -309,7 +334,7 @@ fn socket_channel(pkt: &[u8], socket: Channel) -> Channel {
 pub(crate) enum Applied {
     Nothing,
     Added(u32),
-    Removed(Live),
+    Removed { slot: u32, gen: u32, live: Live },
 }
 
 /// Everything an engine thread starts with.
@@ -324,7 +349,7 @@ pub(crate) struct WorkerParts {
 /// built, RECVMSG/SENDMSG are supported, a provided-buffer ring can be registered (5.19+), and
 /// the kernel is recent enough for multishot recvmsg (6.0+).
 pub(crate) fn probe_io_uring() -> Result<(), String> {
-    Err("the io_uring engine is not part of this build yet".into())
+    uring::probe()
 }
 
 /// Drains this thread's command queue, letting the engine (de)register sockets.
@@ -342,6 +367,3 @@ pub(crate) fn drain_commands(parts: &mut WorkerParts, mut on: impl FnMut(&mut Co
     }
 }
 
-pub(crate) fn run_io_uring(_parts: WorkerParts) -> std::io::Result<()> {
-    Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "io_uring engine not built yet"))
-}
