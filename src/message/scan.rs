@@ -111,11 +111,24 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// The bytes from the cursor to its end.
+    #[inline(always)]
+    fn rest(&self) -> &'a [u8] {
+        &self.buf[self.pos.min(self.end)..self.end]
+    }
+
+    /// Advances over octets of the classes in `mask`; returns how many.
+    #[inline]
+    pub fn skip_class(&mut self, mask: u8) -> usize {
+        let rest = self.rest();
+        let n = rest.iter().position(|&b| !is(b, mask)).unwrap_or(rest.len());
+        self.pos += n;
+        n
+    }
+
     #[inline]
     pub fn skip_lws(&mut self) {
-        while self.pos < self.end && is_lws(self.buf[self.pos]) {
-            self.pos += 1;
-        }
+        self.skip_class(LWS);
     }
 
     /// Consumes `b` (after optional LWS) if it is next; otherwise leaves the cursor as it was.
@@ -134,10 +147,7 @@ impl<'a> Cursor<'a> {
     /// A run of token characters; `None` if there is none.
     pub fn token(&mut self) -> Option<Span> {
         let start = self.pos;
-        while self.pos < self.end && is_token(self.buf[self.pos]) {
-            self.pos += 1;
-        }
-        (self.pos > start).then(|| Span::new(start, self.pos))
+        (self.skip_class(TOKEN) > 0).then(|| Span::new(start, self.pos))
     }
 
     /// A quoted string starting at the cursor (which must be at `"`), quotes included in the span.
