@@ -30,6 +30,11 @@ pub use session::Channel;
 pub use stats::{Counter, DropCounts, DropReason, LegStats, RtpStreamSummary};
 pub use sys::pin_current_thread;
 
+/// libc as this crate links it, for `benches/relay.rs` (its raw recvmmsg/sendmmsg baseline and
+/// generator), which lives in the root package and cannot add dependencies of its own.
+#[doc(hidden)]
+pub use libc as __libc;
+
 use engine::{Command, Core, EventSink, LegSockets, WorkerParts};
 use ports::PortPool;
 use session::{LegOptions, Rules};
