@@ -209,14 +209,13 @@ impl<'a> Cursor<'a> {
 
 /// Trims LWS on both ends of a span.
 pub fn trim(buf: &[u8], span: Span) -> Span {
-    let (mut s, mut e) = (span.start as usize, span.end as usize);
-    while s < e && is_lws(buf[s]) {
-        s += 1;
-    }
-    while e > s && is_lws(buf[e - 1]) {
-        e -= 1;
-    }
-    Span::new(s, e)
+    let v = span.of(buf);
+    let Some(first) = v.iter().position(|&b| !is_lws(b)) else {
+        return Span::new(span.end as usize, span.end as usize);
+    };
+    let last = v.iter().rposition(|&b| !is_lws(b)).unwrap_or(first);
+    let s = span.start as usize;
+    Span::new(s + first, s + last + 1)
 }
 
 /// Splits a header value into its comma-separated elements (commas inside quotes or `<>` do not

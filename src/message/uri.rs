@@ -150,12 +150,10 @@ fn parse_sip_rest(buf: &[u8], span: Span, scheme: Scheme, rest_start: usize) -> 
         pos = pend;
     }
     let params_start = pos;
-    while pos < end && buf[pos] != b'?' {
-        if buf[pos] != b';' && params_start == pos {
-            return Err("unexpected character after host");
-        }
-        pos += 1;
+    if pos < end && buf[pos] != b';' && buf[pos] != b'?' {
+        return Err("unexpected character after host");
     }
+    pos += buf[pos..end].iter().position(|&c| c == b'?').unwrap_or(end - pos);
     let params = Span::new(params_start, pos);
     let p = params.of(buf);
     if p.ends_with(b";") || p.windows(2).any(|w| w[0] == b';' && w[1] == b';') {
@@ -177,17 +175,14 @@ pub(crate) fn parse_host(buf: &[u8], start: usize, end: usize) -> Result<(Host, 
         let addr = parse_ipv6(&buf[start + 1..close]).ok_or("invalid IPv6 address")?;
         return Ok((Host::V6(addr), Span::new(start, close + 1), close + 1));
     }
-    let mut pos = start;
-    let mut digits_and_dots = true;
-    while pos < end && scan::is(buf[pos], scan::HOST) {
-        digits_and_dots &= buf[pos] == b'.' || buf[pos].is_ascii_digit();
-        pos += 1;
-    }
-    if pos == start {
+    let s = &buf[start..end];
+    let len = s.iter().position(|&c| !scan::is(c, scan::HOST)).unwrap_or(s.len());
+    if len == 0 {
         return Err("missing host");
     }
-    let text = &buf[start..pos];
-    let host = if digits_and_dots {
+    let text = &s[..len];
+    let pos = start + len;
+    let host = if text.iter().all(|&c| c == b'.' || c.is_ascii_digit()) {
         // All digits and dots: must be a dotted-quad (a hostname's top label starts with a letter).
         Host::V4(parse_ipv4(text).ok_or("invalid IPv4 address")?)
     } else {
