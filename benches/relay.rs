@@ -38,7 +38,7 @@ const MAX_LOSS: f64 = 0.001;
 /// forwarder does; the relay's RTCP sockets would only double the descriptors, not the work.
 const SOCKETS_PER_SESSION: u64 = 2;
 /// SO_RCVBUF of every forwarder input socket, relay and raw alike (the kernel doubles it).
-const RCVBUF: usize = 1 << 20;
+const RCVBUF: usize = 4 << 20;
 
 struct Plan {
     quick: bool,
@@ -81,6 +81,7 @@ struct Mmsg {
     names: Vec<libc::sockaddr_storage>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
+    ctrl: Vec<[u64; 8]>,
 }
 
 impl Mmsg {
@@ -92,8 +93,39 @@ impl Mmsg {
                 names: vec![std::mem::zeroed(); BATCH],
                 iovs: vec![std::mem::zeroed(); BATCH],
                 hdrs: vec![std::mem::zeroed(); BATCH],
+                ctrl: vec![[0u64; 8]; BATCH],
             }
         }
+    }
+
+    /// recvmmsg (non-blocking) that also collects each datagram's kernel receive time
+    /// (SO_TIMESTAMPNS, CLOCK_REALTIME ns) into `ts`.
+    fn recv_timestamped(&mut self, fd: RawFd, ts: &mut [u64; BATCH]) -> usize {
+        for i in 0..BATCH {
+            self.aim(i, 2048);
+            let h = &mut self.hdrs[i].msg_hdr;
+            h.msg_control = self.ctrl[i].as_mut_ptr().cast();
+            h.msg_controllen = std::mem::size_of::<[u64; 8]>();
+        }
+        // SAFETY: headers point into self's buffers and control areas.
+        let n = unsafe { libc::recvmmsg(fd, self.hdrs.as_mut_ptr(), BATCH as u32, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
+        let n = n.max(0) as usize;
+        for (i, t) in ts.iter_mut().enumerate().take(n) {
+            *t = 0;
+            let h = &self.hdrs[i].msg_hdr;
+            // SAFETY: walks the control data the kernel wrote, within msg_controllen.
+            unsafe {
+                let mut c = libc::CMSG_FIRSTHDR(h);
+                while !c.is_null() {
+                    if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SO_TIMESTAMPNS {
+                        let tsp = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::timespec>());
+                        *t = tsp.tv_sec as u64 * 1_000_000_000 + tsp.tv_nsec as u64;
+                    }
+                    c = libc::CMSG_NXTHDR(h, c);
+                }
+            }
+        }
+        n
     }
 
     fn aim(&mut self, i: usize, len: usize) {
@@ -145,6 +177,10 @@ impl Mmsg {
         }
         done
     }
+}
+
+fn realtime_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 fn rtp_header(buf: &mut [u8], seq: u32) {
@@ -354,7 +390,7 @@ fn make(kind: Kind, sessions: usize, gen: SocketAddr, sink: SocketAddr) -> Forwa
 
 /// Datagrams per GSO send (UDP_SEGMENT): the kernel walks its stack once per message, so one
 /// generator core can offer far more than one forwarder core can relay.
-const SEG: usize = 8;
+const SEG: usize = 16;
 
 /// `BATCH` messages of `SEG` 172-byte datagrams each, every message with its UDP_SEGMENT cmsg.
 struct GsoBatch {
@@ -418,7 +454,6 @@ struct Generator {
     m: Mmsg,
     gso: GsoBatch,
     seq: u32,
-    epoch: Instant,
 }
 
 struct Offered {
@@ -431,7 +466,7 @@ impl Generator {
     fn new(v6: bool) -> Generator {
         let sock = udp(if v6 { "[::1]:0" } else { "127.0.0.1:0" }, None);
         socket2::SockRef::from(&sock).set_send_buffer_size(4 << 20).expect("SO_SNDBUF");
-        Generator { sock, m: Mmsg::new(), gso: GsoBatch::new(), seq: 0, epoch: Instant::now() }
+        Generator { sock, m: Mmsg::new(), gso: GsoBatch::new(), seq: 0 }
     }
 
     fn addr(&self) -> SocketAddr {
@@ -442,8 +477,7 @@ impl Generator {
     fn fill(&mut self, i: usize, dst: &SockAddr) {
         self.seq = self.seq.wrapping_add(1);
         rtp_header(&mut self.m.bufs[i], self.seq);
-        let now = self.epoch.elapsed().as_nanos() as u64;
-        self.m.bufs[i][12..20].copy_from_slice(&now.to_le_bytes());
+        self.m.bufs[i][12..20].copy_from_slice(&realtime_ns().to_le_bytes());
         self.m.set_dst(i, dst, PKT);
     }
 
@@ -492,12 +526,26 @@ struct Latency {
     sent: usize,
 }
 
-/// Paces `rate` packets/s through the forwarder for `secs`, busy-polling the sink in the same
-/// thread, and returns one-way time percentiles (send timestamp in the payload).
+/// Paces `rate` packets/s through the forwarder for `secs`, draining the sink in the same
+/// thread, and returns one-way time percentiles: from the send time the generator writes into
+/// the payload just before `sendmmsg` to the kernel's receive timestamp at the sink socket
+/// (SO_TIMESTAMPNS), so how fast this thread drains the sink does not count.
 fn measure_latency(gen: &mut Generator, sink: &UdpSocket, targets: &[SockAddr], rate: f64, secs: f64) -> Latency {
     let total = (rate * secs) as usize;
     let mut lat: Vec<u64> = Vec::with_capacity(total);
     let mut rx = Mmsg::new();
+    let mut rx_ts = [0u64; BATCH];
+    let on: libc::c_int = 1;
+    // SAFETY: valid socket and option value.
+    unsafe {
+        libc::setsockopt(
+            sink.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
     let fd = gen.sock.as_raw_fd();
     let start = Instant::now();
     let mut sent = 0usize;
@@ -518,12 +566,10 @@ fn measure_latency(gen: &mut Generator, sink: &UdpSocket, targets: &[SockAddr], 
         } else if finished_at.is_none() {
             finished_at = Some(Instant::now());
         }
-        let n = rx.recv(sink.as_raw_fd());
-        let now = gen.epoch.elapsed().as_nanos() as u64;
+        let n = rx.recv_timestamped(sink.as_raw_fd(), &mut rx_ts);
         for i in 0..n {
-            let b = &rx.bufs[i];
-            let ts = u64::from_le_bytes(b[12..20].try_into().unwrap());
-            lat.push(now.saturating_sub(ts));
+            let sent_at = u64::from_le_bytes(rx.bufs[i][12..20].try_into().unwrap());
+            lat.push(rx_ts[i].saturating_sub(sent_at));
         }
         if lat.len() >= total || finished_at.is_some_and(|t| drain_until(true, t)) {
             break;
@@ -581,12 +627,13 @@ fn udp6_rcvbuf_errors() -> u64 {
         .unwrap_or(0)
 }
 
-/// One step; a step the generator could not offer (preempted on the shared core) is retried
-/// twice before it counts as generator-limited.
+/// One step. A step that lost ≥ 0.1 % or that the generator could not offer (preempted on its
+/// core) is tried up to twice more, so a single scheduling hiccup on the forwarder's core (shared
+/// with whatever else the machine runs) does not end a search; forwarders are treated alike.
 fn run_step(gen: &mut Generator, fwd: &Forwarder, targets: &[SockAddr], rate: f64, dur: Duration) -> Step {
     let mut s = one_step(gen, fwd, targets, rate, dur);
     for _ in 0..2 {
-        if s.gen_ok {
+        if s.gen_ok && s.loss < MAX_LOSS {
             break;
         }
         s = one_step(gen, fwd, targets, rate, dur);
@@ -708,6 +755,11 @@ fn raise_fd_limit() -> u64 {
     }
 }
 
+/// The machine is shared: other work on either core shows up here (and in the figures).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string()
+}
+
 fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()
 }
@@ -795,6 +847,7 @@ fn main() {
     }
     let latency = std::env::var_os("RELAY_BENCH_NO_LATENCY").is_none();
     pin_current_thread(GEN_CPU).expect("pin generator to CPU 0");
+    println!("relay bench: load average at start: {}", loadavg());
     println!(
         "relay bench: kernel {}, {} cores; forwarders pinned to CPU {RELAY_CPU}, generator+sink to CPU {GEN_CPU}{}",
         kernel_release(),
@@ -886,5 +939,6 @@ fn main() {
         rows.push(latency_rows(100, half, &plan, format!("100 sessions, {:.0} pps (½ relay max)", half)));
     }
     print_latency(&rows);
+    println!("\nrelay bench: load average at end: {}", loadavg());
     c.final_summary();
 }

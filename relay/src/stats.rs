@@ -129,7 +129,9 @@ impl RtpRxStats {
         if self.clock_rate == 0 {
             return;
         }
-        let arrival_ts = (u128::from(arrival_ns) * u128::from(self.clock_rate) / 1_000_000_000) as i64;
+        // Microsecond resolution keeps this in u64 (no 128-bit division per packet) and is far
+        // finer than any RTP clock; it overflows only after ~12 years of uptime at 48 kHz.
+        let arrival_ts = ((arrival_ns / 1_000) * u64::from(self.clock_rate) / 1_000_000) as i64;
         // Timestamps wrap at 2^32; transit differences stay right as long as we wrap consistently.
         let transit = arrival_ts.wrapping_sub(i64::from(timestamp));
         if let Some(last) = self.last_transit {
