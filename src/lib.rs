@@ -10,3 +10,6 @@ pub mod core;
 pub mod metrics;
 pub mod transport;
 pub mod server;
+
+#[doc(hidden)]
+pub mod fuzzing;

@@ -1,15 +1,12 @@
 //! Property tests: no input makes the parser, the response salvager, the stream framer, the
-//! STUN responder or the datagram handler panic. Inputs are arbitrary bytes and, more usefully,
+//! STUN responder or the datagram handler panic (the invariants live in `sixgate::fuzzing`,
+//! shared with the libFuzzer target in `fuzz/`). Inputs are arbitrary bytes and, more usefully,
 //! the torture vectors mutated (bytes flipped, cut, spliced), which keep most of the structure.
 
-use bytes::Bytes;
 use proptest::prelude::*;
-use sixgate::config::{Config, TransportKind};
-use sixgate::core::Core;
-use sixgate::message::{parse, response, uri, Framing};
-use sixgate::metrics::Metrics;
-use sixgate::transport::{framing::StreamFramer, stun, udp, Inbound};
-use std::sync::{Arc, OnceLock};
+use sixgate::message::uri;
+use sixgate::transport::stun;
+use std::sync::OnceLock;
 
 fn seeds() -> &'static Vec<Vec<u8>> {
     static SEEDS: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
@@ -24,11 +21,6 @@ fn seeds() -> &'static Vec<Vec<u8>> {
         v.sort();
         v
     })
-}
-
-fn core() -> &'static Core {
-    static CORE: OnceLock<Core> = OnceLock::new();
-    CORE.get_or_init(|| Core::new(&Config::embedded(), Arc::new(Metrics::default())))
 }
 
 #[derive(Debug, Clone)]
@@ -75,44 +67,7 @@ fn mutated() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
-fn inbound() -> Inbound {
-    Inbound { transport: TransportKind::Udp, local: "[::1]:5060".parse().unwrap(), remote: "[2001:db8::1]:4000".parse().unwrap() }
-}
-
-fn exercise(data: &[u8]) {
-    for framing in [Framing::Datagram, Framing::Stream] {
-        match parse(Bytes::copy_from_slice(data), framing) {
-            Ok(m) => {
-                // Serializing an unedited message reproduces its bytes (minus any trailing extra).
-                assert!(data.starts_with(&m.to_bytes()));
-                // After the received/rport stamp the message still parses, stamp included.
-                if m.is_request() {
-                    let mut m = m;
-                    let src: std::net::SocketAddr = "[2001:db8::99]:4999".parse().unwrap();
-                    sixgate::transport::stamp_received(&mut m, src);
-                    let again = parse(m.to_bytes(), framing).expect("a stamped message parses again");
-                    let r = again.top_via().received.expect("received present");
-                    assert_eq!(again.slice(r), b"2001:db8::99");
-                }
-            }
-            Err(e) => {
-                let _ = response::reject(data, &e);
-            }
-        }
-    }
-    let _ = udp::handle_datagram(core(), data, inbound(), 65535);
-    let _ = stun::answer(data, inbound().remote);
-    let mut f = StreamFramer::new(4096);
-    for chunk in data.chunks(7) {
-        f.push(chunk);
-        for _ in 0..64 {
-            match f.next_frame() {
-                Ok(Some(_)) => continue,
-                _ => break,
-            }
-        }
-    }
-}
+use sixgate::fuzzing::exercise;
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
