@@ -75,6 +75,9 @@ pub struct RelayConfig {
     /// SO_RCVBUF / SO_SNDBUF per socket (None: system default).
     pub socket_recv_buffer: Option<usize>,
     pub socket_send_buffer: Option<usize>,
+    /// Engine threads poll without ever sleeping: lowest latency, but each burns its CPU at
+    /// 100 % even when idle. For dedicated relay cores only.
+    pub busy_poll: bool,
 }
 
 impl Default for RelayConfig {
@@ -92,6 +95,7 @@ impl Default for RelayConfig {
             dscp_ef: false,
             socket_recv_buffer: None,
             socket_send_buffer: None,
+            busy_poll: false,
         }
     }
 }
@@ -361,6 +365,7 @@ impl Relay {
                 commands: rx,
                 wake: wake.clone(),
                 cpu,
+                busy_poll: cfg.busy_poll,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("relay-{i}"))

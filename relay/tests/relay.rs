@@ -129,8 +129,8 @@ fn stats(relay: &Relay, s: &SessionInfo) -> sixgate_relay::SessionStats {
     relay.stats(s.id).unwrap().wait(WAIT).unwrap()
 }
 
-fn forwards_both_ways(engine: EngineChoice, fa: Family, ip_a: &str, fb: Family, ip_b: &str) {
-    let (relay, _ev) = start(config(engine));
+fn forwards_both_ways(cfg: RelayConfig, fa: Family, ip_a: &str, fb: Family, ip_b: &str) {
+    let (relay, _ev) = start(cfg);
     let (pa, pb) = (peer(ip_a), peer(ip_b));
     let s = session(&relay, strict(fa, addr(&pa)), strict(fb, addr(&pb)));
     assert_eq!(Family::of(&s.legs[0].rtp), fa);
@@ -158,11 +158,17 @@ fn forwards_both_ways(engine: EngineChoice, fa: Family, ip_a: &str, fb: Family, 
 }
 
 fn forward_v6_v4(engine: EngineChoice) {
-    forwards_both_ways(engine, Family::V6, "[::1]", Family::V4, "127.0.0.1");
+    forwards_both_ways(config(engine), Family::V6, "[::1]", Family::V4, "127.0.0.1");
+}
+
+/// The busy-polling loop (never sleeps) relays the same way.
+fn busy_poll_forwards(engine: EngineChoice) {
+    let cfg = RelayConfig { busy_poll: true, ..config(engine) };
+    forwards_both_ways(cfg, Family::V6, "[::1]", Family::V4, "127.0.0.1");
 }
 
 fn forward_v4_v4(engine: EngineChoice) {
-    forwards_both_ways(engine, Family::V4, "127.0.0.1", Family::V4, "127.0.0.1");
+    forwards_both_ways(config(engine), Family::V4, "127.0.0.1", Family::V4, "127.0.0.1");
 }
 
 fn rtcp_is_relayed(engine: EngineChoice) {
@@ -466,6 +472,10 @@ macro_rules! engine_suite {
             #[test]
             fn forward_v6_v4() {
                 super::forward_v6_v4(E)
+            }
+            #[test]
+            fn busy_poll_forwards() {
+                super::busy_poll_forwards(E)
             }
             #[test]
             fn forward_v4_v4() {

@@ -144,7 +144,7 @@ pub(crate) fn run(mut parts: WorkerParts) -> io::Result<()> {
     let mut events: Vec<libc::epoll_event> = vec![unsafe { zeroed() }; 256];
     let mut next_tick = Instant::now() + TIMEOUT_TICK;
     loop {
-        let wait_ms = next_tick.saturating_duration_since(Instant::now()).as_millis() as i32;
+        let wait_ms = parts.wait_budget(next_tick).as_millis() as i32;
         // SAFETY: the events buffer is valid for its length.
         let n = unsafe { libc::epoll_wait(ep.as_raw_fd(), events.as_mut_ptr(), events.len() as i32, wait_ms.max(0)) };
         if n < 0 {

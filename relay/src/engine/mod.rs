@@ -343,6 +343,19 @@ pub(crate) struct WorkerParts {
     pub commands: Receiver<Command>,
     pub wake: Arc<OwnedFd>,
     pub cpu: Option<usize>,
+    /// Poll without sleeping (the thread spins on its core; no wake-up latency).
+    pub busy_poll: bool,
+}
+
+impl WorkerParts {
+    /// How long the engine may block waiting for IO: until the next tick, or not at all.
+    pub fn wait_budget(&self, next_tick: Instant) -> Duration {
+        if self.busy_poll {
+            Duration::ZERO
+        } else {
+            next_tick.saturating_duration_since(Instant::now())
+        }
+    }
 }
 
 /// Whether this kernel (and any seccomp policy) lets us run the io_uring engine: a ring can be

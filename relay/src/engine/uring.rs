@@ -248,7 +248,7 @@ pub(crate) fn run(mut parts: WorkerParts) -> io::Result<()> {
     let mut next_tick = Instant::now() + TIMEOUT_TICK;
 
     loop {
-        let wait = next_tick.saturating_duration_since(Instant::now());
+        let wait = parts.wait_budget(next_tick);
         let ts = types::Timespec::new().sec(wait.as_secs()).nsec(wait.subsec_nanos());
         let args = types::SubmitArgs::new().timespec(&ts);
         match ring.submitter().submit_with_args(1, &args) {
