@@ -1,7 +1,7 @@
 //! Default engine: one io_uring per thread. Each socket has one multishot `RECVMSG` drawing
 //! from a provided-buffer ring; a forwarded datagram is sent straight out of the buffer it was
-//! received into (`SENDMSG`, no copy), and the buffer goes back to the ring when the send
-//! completes. All submissions of a loop iteration go to the kernel in one `io_uring_enter`,
+//! received into (`SEND` with a destination address, i.e. sendto; no copy, no msghdr), and the
+//! buffer goes back to the ring when the send completes. All submissions of a loop iteration go to the kernel in one `io_uring_enter`,
 //! which also waits for the next completions.
 //!
 //! Safety rule for deletions: every queued SQE is submitted before a deleted session's sockets
@@ -16,7 +16,7 @@ use std::time::Instant;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::{drain_commands, housekeeping, token, Applied, Forward, WorkerParts, MAX_DATAGRAM, TIMEOUT_TICK};
-use crate::sys::{aim_msghdr, from_sockaddr, to_sockaddr, zeroed_storage};
+use crate::sys::{from_sockaddr, to_sockaddr, zeroed_storage};
 
 const KIND_RECV: u64 = 1;
 const KIND_SEND: u64 = 2;
@@ -57,7 +57,7 @@ pub(crate) fn probe() -> Result<(), String> {
     ring.submitter().register_probe(&mut probe).map_err(|e| format!("register_probe: {e}"))?;
     for (code, name) in [
         (opcode::RecvMsgMulti::CODE, "RECVMSG"),
-        (opcode::SendMsg::CODE, "SENDMSG"),
+        (opcode::Send::CODE, "SEND"),
         (opcode::PollAdd::CODE, "POLL_ADD"),
         (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
     ] {
@@ -154,22 +154,17 @@ impl Drop for BufRing {
     }
 }
 
-/// Per-buffer send state: the datagram in buffer `bid` is sent with `hdrs[bid]`.
+/// Per-buffer send state: the datagram in buffer `bid` goes to `names[bid]`; `meta[bid]` says
+/// which session/leg to charge if the send fails.
 struct SendSlots {
     names: Box<[libc::sockaddr_storage]>,
-    iovs: Box<[libc::iovec]>,
-    hdrs: Box<[libc::msghdr]>,
     meta: Box<[(Forward, u32, usize)]>,
 }
 
 impl SendSlots {
     fn new(n: usize) -> SendSlots {
-        // SAFETY: iovec and msghdr are plain C structs for which all-zero is valid.
-        let (iov, hdr): (libc::iovec, libc::msghdr) = unsafe { (zeroed(), zeroed()) };
         SendSlots {
             names: vec![zeroed_storage(); n].into_boxed_slice(),
-            iovs: vec![iov; n].into_boxed_slice(),
-            hdrs: vec![hdr; n].into_boxed_slice(),
             meta: vec![(Forward::NONE, 0, 0); n].into_boxed_slice(),
         }
     }
@@ -178,11 +173,12 @@ impl SendSlots {
     fn prepare(&mut self, bid: u16, f: Forward, gen: u32, payload: &[u8]) -> squeue::Entry {
         let i = usize::from(bid);
         let namelen = to_sockaddr(&f.dst, &mut self.names[i]);
-        let h = &mut self.hdrs[i];
-        aim_msghdr(h, &mut self.names[i], namelen, &mut self.iovs[i], payload.as_ptr(), payload.len());
         self.meta[i] = (f, gen, payload.len());
-        opcode::SendMsg::new(types::Fd(f.fd), h)
-            .flags(libc::MSG_DONTWAIT as u32)
+        // SEND with a destination (sendto; kernel 6.0+): no msghdr to copy in per packet.
+        opcode::Send::new(types::Fd(f.fd), payload.as_ptr(), payload.len() as u32)
+            .dest_addr((&self.names[i] as *const libc::sockaddr_storage).cast())
+            .dest_addr_len(namelen)
+            .flags(libc::MSG_DONTWAIT)
             .build()
             .user_data((KIND_SEND << token::KIND_SHIFT) | u64::from(bid))
     }
