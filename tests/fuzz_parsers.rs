@@ -99,4 +99,43 @@ proptest! {
         prop_assert_eq!(uri::parse_ipv6(s.as_bytes()), s.parse::<std::net::Ipv6Addr>().ok(), "{}", s);
         prop_assert_eq!(uri::parse_ipv4(v4.as_bytes()), v4.parse::<std::net::Ipv4Addr>().ok(), "{}", v4);
     }
+
+    /// Random strings are rarely near a valid address, so also start from real addresses in
+    /// their three text forms (compressed, full, dotted-quad tail) and change one character.
+    #[test]
+    fn address_parsers_agree_with_std_near_valid_addresses(
+        bits in any::<u128>(),
+        zero_mask in any::<u8>(),
+        form in 0u8..3,
+        edit in 0u8..4,
+        at in any::<prop::sample::Index>(),
+        ch in prop::sample::select(b"0123456789abcdefABCDEF:.g".to_vec()),
+    ) {
+        // Zero some groups so that `::` compression shows up often.
+        let mut groups = [0u16; 8];
+        for (i, g) in groups.iter_mut().enumerate() {
+            *g = if zero_mask & (1 << i) != 0 { 0 } else { (bits >> (16 * i)) as u16 };
+        }
+        let a = std::net::Ipv6Addr::from(groups);
+        let text = match form {
+            0 => a.to_string(),
+            1 => groups.iter().map(|g| format!("{g:x}")).collect::<Vec<_>>().join(":"),
+            _ => {
+                let o = a.octets();
+                let head: Vec<String> = groups[..6].iter().map(|g| format!("{g:x}")).collect();
+                format!("{}:{}.{}.{}.{}", head.join(":"), o[12], o[13], o[14], o[15])
+            }
+        };
+        let mut b = text.into_bytes();
+        let i = at.index(b.len() + 1);
+        match edit {
+            0 => {}
+            1 if i < b.len() => { b.remove(i); }
+            2 => b.insert(i, ch),
+            _ if i < b.len() => b[i] = ch,
+            _ => {}
+        }
+        let s = String::from_utf8(b).unwrap();
+        prop_assert_eq!(uri::parse_ipv6(s.as_bytes()), s.parse::<std::net::Ipv6Addr>().ok(), "{}", s);
+    }
 }

@@ -137,9 +137,13 @@ pub enum HeaderName {
 }
 
 impl HeaderName {
-    /// Recognises long and compact forms (RFC 3261 §7.3.3), case-insensitively.
+    /// Recognises long and compact forms (RFC 3261 §7.3.3), case-insensitively. `n` is a header
+    /// name as the splitter accepts it (a token); other bytes may be misread.
     pub fn from_bytes(n: &[u8]) -> HeaderName {
         use HeaderName::*;
+        if n.is_empty() {
+            return Other;
+        }
         if n.len() == 1 {
             return match n[0].to_ascii_lowercase() {
                 b'v' => Via,
@@ -153,35 +157,67 @@ impl HeaderName {
                 _ => Other,
             };
         }
-        let eq = |s: &str| n.eq_ignore_ascii_case(s.as_bytes());
-        match n.len() {
-            2 if eq("To") => To,
-            3 if eq("Via") => Via,
-            4 if eq("From") => From,
-            4 if eq("CSeq") => CSeq,
-            4 if eq("Date") => Date,
-            4 if eq("Path") => Path,
-            5 if eq("Route") => Route,
-            5 if eq("Allow") => Allow,
-            6 if eq("Accept") => Accept,
-            7 if eq("Call-ID") => CallId,
-            7 if eq("Contact") => Contact,
-            7 if eq("Expires") => Expires,
-            7 if eq("Require") => Require,
-            9 if eq("Supported") => Supported,
-            11 if eq("Unsupported") => Unsupported,
-            11 if eq("Min-Expires") => MinExpires,
-            12 if eq("Max-Forwards") => MaxForwards,
-            12 if eq("Content-Type") => ContentType,
-            12 if eq("Record-Route") => RecordRoute,
-            13 if eq("Authorization") => Authorization,
-            13 if eq("Proxy-Require") => ProxyRequire,
-            14 if eq("Content-Length") => ContentLength,
-            16 if eq("WWW-Authenticate") => WwwAuthenticate,
-            18 if eq("Proxy-Authenticate") => ProxyAuthenticate,
-            19 if eq("Proxy-Authorization") => ProxyAuthorization,
-            _ => Other,
+        // One candidate per (length, first letter), then one folded comparison. Header names
+        // are tokens (checked by the splitter); for tokens, `| 0x20` folds exactly the upper-case
+        // letters onto lower case and maps no other token character onto a letter or `-`.
+        let (candidate, lower): (HeaderName, &[u8]) = match (n.len(), n[0] | 0x20) {
+            (2, b't') => (To, b"to"),
+            (3, b'v') => (Via, b"via"),
+            (4, b'f') => (From, b"from"),
+            (4, b'c') => (CSeq, b"cseq"),
+            (4, b'd') => (Date, b"date"),
+            (4, b'p') => (Path, b"path"),
+            (5, b'r') => (Route, b"route"),
+            (5, b'a') => (Allow, b"allow"),
+            (6, b'a') => (Accept, b"accept"),
+            (7, b'c') if n[2] | 0x20 == b'l' => (CallId, b"call-id"),
+            (7, b'c') => (Contact, b"contact"),
+            (7, b'e') => (Expires, b"expires"),
+            (7, b'r') => (Require, b"require"),
+            (9, b's') => (Supported, b"supported"),
+            (11, b'u') => (Unsupported, b"unsupported"),
+            (11, b'm') => (MinExpires, b"min-expires"),
+            (12, b'm') => (MaxForwards, b"max-forwards"),
+            (12, b'c') => (ContentType, b"content-type"),
+            (12, b'r') => (RecordRoute, b"record-route"),
+            (13, b'a') => (Authorization, b"authorization"),
+            (13, b'p') => (ProxyRequire, b"proxy-require"),
+            (14, b'c') => (ContentLength, b"content-length"),
+            (16, b'w') => (WwwAuthenticate, b"www-authenticate"),
+            (18, b'p') => (ProxyAuthenticate, b"proxy-authenticate"),
+            (19, b'p') => (ProxyAuthorization, b"proxy-authorization"),
+            _ => return Other,
+        };
+        if folded_eq(n, lower) {
+            candidate
+        } else {
+            Other
         }
+    }
+}
+
+/// `n` (a token) equals `lower` (lower-case letters and `-`) ignoring ASCII case, compared a word at
+/// a time. The lengths are equal.
+#[inline]
+fn folded_eq(n: &[u8], lower: &[u8]) -> bool {
+    debug_assert_eq!(n.len(), lower.len());
+    let len = n.len();
+    let w8 = |s: &[u8], i: usize| u64::from_le_bytes(s[i..i + 8].try_into().unwrap());
+    let w4 = |s: &[u8], i: usize| u32::from_le_bytes(s[i..i + 4].try_into().unwrap());
+    if len >= 8 {
+        let mut i = 0;
+        while i + 8 < len {
+            if w8(n, i) | 0x2020_2020_2020_2020 != w8(lower, i) {
+                return false;
+            }
+            i += 8;
+        }
+        // The last (possibly overlapping) word.
+        w8(n, len - 8) | 0x2020_2020_2020_2020 == w8(lower, len - 8)
+    } else if len >= 4 {
+        w4(n, 0) | 0x2020_2020 == w4(lower, 0) && w4(n, len - 4) | 0x2020_2020 == w4(lower, len - 4)
+    } else {
+        n.iter().zip(lower).all(|(&a, &b)| a | 0x20 == b)
     }
 }
 
@@ -321,5 +357,48 @@ impl Message {
 impl fmt::Display for Method {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HeaderName::{self, *};
+
+    const NAMES: &[(&str, HeaderName)] = &[
+        ("To", To), ("Via", Via), ("From", From), ("CSeq", CSeq), ("Date", Date), ("Path", Path),
+        ("Route", Route), ("Allow", Allow), ("Accept", Accept), ("Call-ID", CallId),
+        ("Contact", Contact), ("Expires", Expires), ("Require", Require), ("Supported", Supported),
+        ("Unsupported", Unsupported), ("Min-Expires", MinExpires), ("Max-Forwards", MaxForwards),
+        ("Content-Type", ContentType), ("Record-Route", RecordRoute),
+        ("Authorization", Authorization), ("Proxy-Require", ProxyRequire),
+        ("Content-Length", ContentLength), ("WWW-Authenticate", WwwAuthenticate),
+        ("Proxy-Authenticate", ProxyAuthenticate), ("Proxy-Authorization", ProxyAuthorization),
+    ];
+
+    /// The obvious definition the fast path must agree with.
+    fn reference(n: &[u8]) -> HeaderName {
+        NAMES.iter().find(|(s, _)| s.as_bytes().eq_ignore_ascii_case(n)).map_or(Other, |&(_, h)| h)
+    }
+
+    #[test]
+    fn header_names_match_the_reference_under_every_one_byte_change() {
+        let tokens: Vec<u8> = (0u8..=255).filter(|&c| super::scan::is_token(c)).collect();
+        for &(name, expect) in NAMES {
+            for variant in [name.to_string(), name.to_ascii_lowercase(), name.to_ascii_uppercase()] {
+                assert_eq!(HeaderName::from_bytes(variant.as_bytes()), expect, "{variant}");
+                let mut b = variant.into_bytes();
+                for i in 0..b.len() {
+                    let orig = b[i];
+                    for &t in &tokens {
+                        b[i] = t;
+                        assert_eq!(HeaderName::from_bytes(&b), reference(&b), "{:?}", String::from_utf8_lossy(&b));
+                    }
+                    b[i] = orig;
+                }
+            }
+        }
+        assert_eq!(HeaderName::from_bytes(b""), Other);
+        assert_eq!(HeaderName::from_bytes(b"m"), Contact);
+        assert_eq!(HeaderName::from_bytes(b"X-Via"), Other);
     }
 }

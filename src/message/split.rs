@@ -73,14 +73,18 @@ pub fn split(buf: Bytes, framing: Framing) -> Result<RawMessage, MessageError> {
             vend = e;
             lnext = n;
         }
-        let colon = pos + memchr::memchr(b':', &b[pos..vend]).ok_or(MessageError::MalformedHeaderLine)?;
-        let mut name_end = colon;
-        while name_end > pos && (b[name_end - 1] == b' ' || b[name_end - 1] == b'\t') {
-            name_end -= 1;
+        // `field-name HCOLON`: a token, optional SP/HT, then ':' (one pass over the name; a
+        // token holds neither ':' nor whitespace, so this is the first ':' of the line).
+        let line = &b[pos..vend];
+        let name_len = line.iter().position(|&c| !scan::is_token(c)).unwrap_or(line.len());
+        let mut colon = pos + name_len;
+        while colon < vend && (b[colon] == b' ' || b[colon] == b'\t') {
+            colon += 1;
         }
-        if name_end == pos || !scan::all(&b[pos..name_end], scan::TOKEN) {
+        if name_len == 0 || colon == vend || b[colon] != b':' {
             return Err(MessageError::MalformedHeaderLine);
         }
+        let name_end = pos + name_len;
         let name_span = Span::new(pos, name_end);
         let name = HeaderName::from_bytes(name_span.of(b));
         let value = scan::trim(b, Span::new(colon + 1, vend));

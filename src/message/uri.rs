@@ -218,91 +218,100 @@ pub fn parse_ipv4(s: &[u8]) -> Option<Ipv4Addr> {
 /// An IPv6 address in RFC 4291 §2.2 text form: up to eight groups of 1–4 hex digits, at most one
 /// `::`, optionally ending in a dotted-quad. Accepts exactly what `std`'s parser accepts.
 pub fn parse_ipv6(s: &[u8]) -> Option<Ipv6Addr> {
-    let mut head = [0u16; 8];
-    let mut tail = [0u16; 8];
-    let (mut nh, mut nt) = (0usize, 0usize);
-    let mut gap = false;
+    let len = s.len();
+    let mut g = [0u16; 8];
+    let mut n = 0; // groups written so far
+    let mut gap: Option<usize> = None; // index in `g` where the groups after `::` begin
     let mut i = 0;
     if s.starts_with(b"::") {
-        gap = true;
+        gap = Some(0);
         i = 2;
-        if i == s.len() {
+        if i == len {
             return Some(Ipv6Addr::UNSPECIFIED);
         }
     }
     loop {
-        let groups = if gap { nh + nt } else { nh };
-        // A dotted-quad may stand for the last two groups.
-        let rest = &s[i..];
-        // Short runs: a plain loop beats memchr's setup here.
-        let mut next_colon = 0;
-        let mut has_dot = false;
-        while next_colon < rest.len() && rest[next_colon] != b':' {
-            has_dot |= rest[next_colon] == b'.';
-            next_colon += 1;
-        }
-        if has_dot {
-            if next_colon != rest.len() || groups > 6 {
-                return None;
-            }
-            let v4 = parse_ipv4(rest)?.octets();
-            let (a, b) = (u16::from_be_bytes([v4[0], v4[1]]), u16::from_be_bytes([v4[2], v4[3]]));
-            let out = if gap { &mut tail[..] } else { &mut head[..] };
-            let k = if gap { &mut nt } else { &mut nh };
-            out[*k] = a;
-            out[*k + 1] = b;
-            *k += 2;
-            break;
-        }
-        if next_colon == 0 || next_colon > 4 || groups >= 8 {
-            return None;
-        }
-        let mut v: u16 = 0;
-        for &d in &rest[..next_colon] {
-            let x = match d {
-                b'0'..=b'9' => d - b'0',
-                b'a'..=b'f' => d - b'a' + 10,
-                b'A'..=b'F' => d - b'A' + 10,
-                _ => return None,
-            };
-            v = (v << 4) | u16::from(x);
-        }
-        if gap {
-            tail[nt] = v;
-            nt += 1;
-        } else {
-            head[nh] = v;
-            nh += 1;
-        }
-        i += next_colon;
-        if i == s.len() {
-            break;
-        }
-        // At a ':'. A second one right after is the gap.
-        i += 1;
-        if i < s.len() && s[i] == b':' {
-            if gap {
-                return None;
-            }
-            gap = true;
-            i += 1;
-            if i == s.len() {
+        // One group: hex digits (at most 5 are read; 5 is already too many) ...
+        let start = i;
+        let mut v: u32 = 0;
+        while i < len && i - start < 5 {
+            let h = HEX[s[i] as usize];
+            if h == 0xff {
                 break;
             }
-        } else if i == s.len() {
+            v = (v << 4) | u32::from(h);
+            i += 1;
+        }
+        // ... or, as the last thing, a dotted-quad standing for two groups.
+        if i < len && s[i] == b'.' {
+            if n > 6 {
+                return None;
+            }
+            let v4 = parse_ipv4(&s[start..])?.octets();
+            g[n] = u16::from_be_bytes([v4[0], v4[1]]);
+            g[n + 1] = u16::from_be_bytes([v4[2], v4[3]]);
+            n += 2;
+            break;
+        }
+        let digits = i - start;
+        if digits == 0 || digits > 4 || n == 8 {
+            return None;
+        }
+        g[n] = v as u16;
+        n += 1;
+        if i == len {
+            break;
+        }
+        if s[i] != b':' {
+            return None;
+        }
+        i += 1;
+        if i == len {
             return None; // trailing single ':'
         }
+        if s[i] == b':' {
+            if gap.is_some() {
+                return None;
+            }
+            gap = Some(n);
+            i += 1;
+            if i == len {
+                break;
+            }
+        }
     }
-    let total = nh + nt;
-    if (gap && total > 7) || (!gap && total != 8) {
-        return None;
+    match gap {
+        None if n != 8 => return None,
+        Some(_) if n > 7 => return None,
+        None => {}
+        Some(k) => {
+            // Move the groups after `::` to the end and zero the gap.
+            let tail = n - k;
+            for j in (0..tail).rev() {
+                g[8 - tail + j] = g[k + j];
+            }
+            g[k..8 - tail].fill(0);
+        }
     }
-    // `head` already holds the leading groups in place; the trailing ones move to the end.
-    for k in 0..nt {
-        head[8 - nt + k] = tail[k];
-    }
-    Some(Ipv6Addr::new(head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7]))
+    Some(Ipv6Addr::new(g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]))
 }
+
+/// Hex digit values; 0xff for anything else.
+static HEX: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            b'A'..=b'F' => c - b'A' + 10,
+            _ => 0xff,
+        };
+        i += 1;
+    }
+    t
+};
 
 #[cfg(test)]
 mod tests {
