@@ -157,24 +157,29 @@ pub fn parse_name_addr(buf: &[u8], span: Span) -> Result<NameAddr, Problem> {
     let mut c = Cursor::new(buf, span);
     c.skip_lws();
     let mut display = None;
-    let first_lt = c.find_top_level(b'<');
     let uri_span;
     let bracketed;
-    if c.peek() == Some(b'"') {
+    if c.peek() == Some(b'<') {
+        // The common `<URI>;params` form: nothing to look for before the URI.
+    } else if c.peek() == Some(b'"') {
         display = Some(c.quoted().ok_or("unbalanced quotes")?);
         c.skip_lws();
         if c.peek() != Some(b'<') {
             return Err("quoted display name without <URI>");
         }
-    } else if first_lt < c.end {
-        let d = scan::trim(buf, Span::new(c.pos, first_lt));
-        if !scan::all(d.of(buf), scan::TOKEN | scan::LWS) {
-            return Err("display name must be quoted");
+    } else {
+        // A token display name before `<`, or an addr-spec (no `<` at all).
+        let first_lt = c.find_top_level(b'<');
+        if first_lt < c.end {
+            let d = scan::trim(buf, Span::new(c.pos, first_lt));
+            if !scan::all(d.of(buf), scan::TOKEN | scan::LWS) {
+                return Err("display name must be quoted");
+            }
+            if !d.is_empty() {
+                display = Some(d);
+            }
+            c.pos = first_lt;
         }
-        if !d.is_empty() {
-            display = Some(d);
-        }
-        c.pos = first_lt;
     }
     if c.peek() == Some(b'<') {
         let open = c.pos;

@@ -78,6 +78,17 @@ fn is_opaque_uri_char(c: u8) -> bool {
 /// Parses the URI occupying exactly `span` of `buf`.
 pub fn parse_uri(buf: &[u8], span: Span) -> Result<Uri, &'static str> {
     let s = span.of(buf);
+    // The schemes a proxy sees all day, without the general scheme scan (`| 0x20` folds exactly
+    // the upper-case letters onto "sip"/"s", nothing else).
+    if s.len() > 5 && s[0] | 0x20 == b's' && s[1] | 0x20 == b'i' && s[2] | 0x20 == b'p' {
+        let base = span.start as usize;
+        if s[3] == b':' {
+            return parse_sip_rest(buf, span, Scheme::Sip, base + 4);
+        }
+        if s[3] | 0x20 == b's' && s[4] == b':' {
+            return parse_sip_rest(buf, span, Scheme::Sips, base + 5);
+        }
+    }
     let colon = s.iter().position(|&c| c == b':').ok_or("no URI scheme")?;
     let scheme = &s[..colon];
     if scheme.is_empty() || !scheme[0].is_ascii_alphabetic() || !scan::all(scheme, scan::SCHEME) {
@@ -134,11 +145,36 @@ fn parse_sip_rest(buf: &[u8], span: Span, scheme: Scheme, rest_start: usize) -> 
         }
         None => (None, rest_start),
     };
-    let hostport_len = buf[host_start..end].iter().position(|&c| c == b';' || c == b'?').unwrap_or(end - host_start);
-    if buf.get(host_start) != Some(&b'[') && buf[host_start..host_start + hostport_len].iter().filter(|&&c| c == b':').count() > 1 {
-        return Err("IPv6 address must be enclosed in [] (RFC 5118)");
+    let (host, host_span, port, pos) = match host_and_port(buf, host_start, end) {
+        Ok(hp) => hp,
+        // On success the host-port holds at most one ':'; on failure, more than one means an
+        // IPv6 address written without brackets, which deserves its own reason phrase.
+        Err(e) => {
+            let hostport_len =
+                buf[host_start..end].iter().position(|&c| c == b';' || c == b'?').unwrap_or(end - host_start);
+            let colons = buf[host_start..host_start + hostport_len].iter().filter(|&&c| c == b':').count();
+            return Err(if buf.get(host_start) != Some(&b'[') && colons > 1 {
+                "IPv6 address must be enclosed in [] (RFC 5118)"
+            } else {
+                e
+            });
+        }
+    };
+    let params_start = pos;
+    let pos = pos + buf[pos..end].iter().position(|&c| c == b'?').unwrap_or(end - pos);
+    let params = Span::new(params_start, pos);
+    let p = params.of(buf);
+    if p.ends_with(b";") || p.windows(2).any(|w| w[0] == b';' && w[1] == b';') {
+        return Err("empty URI parameter");
     }
-    let (host, host_span, mut pos) = parse_host(buf, host_start, end)?;
+    let headers = (pos < end).then(|| Span::new(pos + 1, end));
+    Ok(Uri { span, scheme, user, host: Some(host), host_span, port, params, headers })
+}
+
+/// `hostport` of a SIP URI from `start`, up to the `;` or `?` (or end) that must follow it.
+/// Returns the host, its span, the port and the position after the host-port.
+fn host_and_port(buf: &[u8], start: usize, end: usize) -> Result<(Host, Span, Option<u16>, usize), &'static str> {
+    let (host, host_span, mut pos) = parse_host(buf, start, end)?;
     let mut port = None;
     if pos < end && buf[pos] == b':' {
         let pstart = pos + 1;
@@ -149,18 +185,10 @@ fn parse_sip_rest(buf: &[u8], span: Span, scheme: Scheme, rest_start: usize) -> 
         port = Some(parse_port(&buf[pstart..pend])?);
         pos = pend;
     }
-    let params_start = pos;
     if pos < end && buf[pos] != b';' && buf[pos] != b'?' {
         return Err("unexpected character after host");
     }
-    pos += buf[pos..end].iter().position(|&c| c == b'?').unwrap_or(end - pos);
-    let params = Span::new(params_start, pos);
-    let p = params.of(buf);
-    if p.ends_with(b";") || p.windows(2).any(|w| w[0] == b';' && w[1] == b';') {
-        return Err("empty URI parameter");
-    }
-    let headers = (pos < end).then(|| Span::new(pos + 1, end));
-    Ok(Uri { span, scheme, user, host: Some(host), host_span, port, params, headers })
+    Ok((host, host_span, port, pos))
 }
 
 pub(crate) fn parse_port(digits: &[u8]) -> Result<u16, &'static str> {
@@ -175,18 +203,27 @@ pub(crate) fn parse_host(buf: &[u8], start: usize, end: usize) -> Result<(Host, 
         let addr = parse_ipv6(&buf[start + 1..close]).ok_or("invalid IPv6 address")?;
         return Ok((Host::V6(addr), Span::new(start, close + 1), close + 1));
     }
+    // One pass: the extent of the host, whether it is all digits and dots, and whether it has
+    // an empty label ("..").
     let s = &buf[start..end];
-    let len = s.iter().position(|&c| !scan::is(c, scan::HOST)).unwrap_or(s.len());
+    let (mut len, mut numeric, mut double_dot, mut prev) = (0, true, false, 0u8);
+    while len < s.len() && scan::is(s[len], scan::HOST) {
+        let c = s[len];
+        numeric &= c == b'.' || c.is_ascii_digit();
+        double_dot |= c == b'.' && prev == b'.';
+        prev = c;
+        len += 1;
+    }
     if len == 0 {
         return Err("missing host");
     }
     let text = &s[..len];
     let pos = start + len;
-    let host = if text.iter().all(|&c| c == b'.' || c.is_ascii_digit()) {
+    let host = if numeric {
         // All digits and dots: must be a dotted-quad (a hostname's top label starts with a letter).
         Host::V4(parse_ipv4(text).ok_or("invalid IPv4 address")?)
     } else {
-        if text[0] == b'.' || text[0] == b'-' || text.windows(2).any(|w| w == b"..") {
+        if text[0] == b'.' || text[0] == b'-' || double_dot {
             return Err("invalid host name");
         }
         Host::Name(Span::new(start, pos))
