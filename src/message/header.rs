@@ -89,20 +89,27 @@ impl Via {
 pub fn parse_via(buf: &[u8], span: Span) -> Result<Via, Problem> {
     let mut c = Cursor::new(buf, span);
     c.skip_lws();
-    let proto = c.token().ok_or("missing protocol name")?;
-    if !proto.of(buf).eq_ignore_ascii_case(b"SIP") {
-        return Err("protocol is not SIP");
-    }
-    if !c.eat(b'/') {
-        return Err("malformed sent-protocol");
-    }
-    c.skip_lws();
-    let version = c.token().ok_or("missing protocol version")?;
-    if version.of(buf) != b"2.0" {
-        return Err("protocol version is not 2.0");
-    }
-    if !c.eat(b'/') {
-        return Err("malformed sent-protocol");
+    let v = span.of(buf);
+    let at = c.pos - span.start as usize;
+    if v.len() >= at + 8 && v[at..at + 3].eq_ignore_ascii_case(b"SIP") && &v[at + 3..at + 8] == b"/2.0/" {
+        // `SIP/2.0/` written without inner whitespace, as nearly everyone does.
+        c.pos += 8;
+    } else {
+        let proto = c.token().ok_or("missing protocol name")?;
+        if !proto.of(buf).eq_ignore_ascii_case(b"SIP") {
+            return Err("protocol is not SIP");
+        }
+        if !c.eat(b'/') {
+            return Err("malformed sent-protocol");
+        }
+        c.skip_lws();
+        let version = c.token().ok_or("missing protocol version")?;
+        if version.of(buf) != b"2.0" {
+            return Err("protocol version is not 2.0");
+        }
+        if !c.eat(b'/') {
+            return Err("malformed sent-protocol");
+        }
     }
     c.skip_lws();
     let transport = c.token().ok_or("missing transport")?;
