@@ -115,7 +115,7 @@ pub fn split(buf: Bytes, framing: Framing) -> Result<RawMessage, MessageError> {
         (None, Framing::Datagram) => available,
         (None, Framing::Stream) => return Err(MessageError::MissingContentLength),
     };
-    Ok(RawMessage { buf: buf.clone(), start, headers, body: Span::new(pos, pos + body_len), content_length })
+    Ok(RawMessage { buf, start, headers, body: Span::new(pos, pos + body_len), content_length })
 }
 
 fn parse_content_length(v: &[u8]) -> Result<u32, MessageError> {
