@@ -129,12 +129,16 @@ pub struct LegSpec {
     pub rtcp_mux: bool,
     /// RTP clock rate, for jitter (8000 for G.711).
     pub clock_rate: u32,
+    /// With `latch`: only sources with this IP address may latch or re-latch — set it to the
+    /// address the leg's signaling came from, so nobody else can win the race to a fresh port
+    /// ("RTP bleed"). `None`: any source may latch (plain comedia).
+    pub latch_from: Option<IpAddr>,
 }
 
 impl LegSpec {
     /// A latching leg of `family` with an optional SDP peer, separate RTCP, 8 kHz clock.
     pub fn new(family: Family, peer: Option<SocketAddr>) -> LegSpec {
-        LegSpec { family, peer, latch: true, rtcp_mux: false, clock_rate: 8000 }
+        LegSpec { family, peer, latch: true, rtcp_mux: false, clock_rate: 8000, latch_from: None }
     }
 }
 
@@ -469,7 +473,10 @@ impl Relay {
         ctl.next_worker = ctl.next_worker.wrapping_add(1);
         ctl.sessions.insert(id, Record { worker, ports: [(spec.legs[0].family, port_a), (spec.legs[1].family, port_b)] });
         drop(ctl);
-        let opts = |l: &LegSpec| (LegOptions { latch: l.latch, rtcp_mux: l.rtcp_mux, clock_rate: l.clock_rate }, l.peer);
+        let opts = |l: &LegSpec| {
+            let o = LegOptions { latch: l.latch, rtcp_mux: l.rtcp_mux, clock_rate: l.clock_rate, latch_from: l.latch_from };
+            (o, l.peer)
+        };
         self.workers[worker].send(Command::Add {
             id,
             legs: [opts(&spec.legs[0]), opts(&spec.legs[1])],

@@ -18,8 +18,13 @@
 //!   `relatch_after` (default 1 s). An intruder can therefore never take over a live stream;
 //!   a phone whose NAT binding changed, or a new media source after a transfer, is followed
 //!   once the old source has stopped. [`Session::set_peer`] (a new SDP) clears the latch.
+//! * **Latch scope**: with `latch_from = Some(ip)`, latching and re-latching accept only sources
+//!   with that IP address (any port). The proxy sets it to the address the leg's signaling came
+//!   from (a NATed phone's public address, RFC 3581 `received`), so a stranger who guesses a
+//!   fresh relay port cannot latch before the real party and receive its media (the "RTP bleed"
+//!   race). `None` lets any source latch, as plain comedia does.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::stats::{is_rtcp, Counter, DropCounts, DropReason, LegStats, RtpHeader, RtpRxStats};
 
@@ -60,6 +65,15 @@ pub struct LegOptions {
     pub rtcp_mux: bool,
     /// RTP timestamp clock rate for jitter (8000 for G.711).
     pub clock_rate: u32,
+    /// Only sources with this IP address may latch or re-latch (see the module docs).
+    pub latch_from: Option<IpAddr>,
+}
+
+impl LegOptions {
+    #[inline]
+    fn may_latch(&self, src: SocketAddr) -> bool {
+        self.latch && self.latch_from.is_none_or(|ip| ip == src.ip())
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -191,13 +205,13 @@ impl Session {
         if !same(peer.latched, src) {
             let accepted = match peer.latched {
                 None if !this.opts.latch => same(peer.announced, src),
-                None if well_formed => {
+                None if well_formed && this.opts.may_latch(src) => {
                     peer.latched = Some(src);
                     emit(SessionEvent::Latched { leg, channel, peer: src });
                     true
                 }
                 Some(old)
-                    if this.opts.latch
+                    if this.opts.may_latch(src)
                         && well_formed
                         && !matches!(peer.last_rx_ns, Some(t) if now_ns.saturating_sub(t) < rules.relatch_after_ns) =>
                 {
@@ -307,7 +321,7 @@ mod tests {
     }
 
     fn opts(latch: bool, rtcp_mux: bool) -> LegOptions {
-        LegOptions { latch, rtcp_mux, clock_rate: 8000 }
+        LegOptions { latch, rtcp_mux, clock_rate: 8000, latch_from: None }
     }
 
     fn session(a: (bool, Option<&str>), b: (bool, Option<&str>)) -> Session {
@@ -398,6 +412,29 @@ mod tests {
         // And the old one is now the stranger.
         let (r, _) = run(&mut s, 0, Channel::Rtp, "203.0.113.7:61000", &rtp(3, 1), 1101 * MS);
         assert_eq!(r, Route::Drop(DropReason::StrictSource));
+    }
+
+    #[test]
+    fn latch_scope_limits_who_may_latch_and_relatch() {
+        let mut o = opts(true, false);
+        o.latch_from = Some("203.0.113.7".parse().unwrap());
+        let mut s = Session::new([(o, None), (opts(false, false), Some(addr("192.0.2.2:5000")))], 0, 5000 * MS);
+        // A stranger racing the phone to the fresh port does not latch and is not forwarded.
+        let (r, ev) = run(&mut s, 0, Channel::Rtp, "198.51.100.9:1234", &rtp(1, 666), 0);
+        assert_eq!((r, ev.len()), (Route::Drop(DropReason::StrictSource), 0));
+        let (r, _) = run(&mut s, 1, Channel::Rtp, "192.0.2.2:5000", &rtp(1, 7), MS);
+        assert_eq!(r, Route::Drop(DropReason::NoDestination), "B's media must not go to the stranger");
+        // The phone, from the signaling address with a NAT-chosen port, latches.
+        let (r, ev) = run(&mut s, 0, Channel::Rtp, "203.0.113.7:61000", &rtp(1, 9), 2 * MS);
+        assert!(matches!(r, Route::Forward { leg: 1, .. }));
+        assert!(ev.contains(&SessionEvent::Latched { leg: 0, channel: Channel::Rtp, peer: addr("203.0.113.7:61000") }));
+        // Once the phone is silent, only its own address may re-latch (a new NAT port), not a stranger.
+        let (r, _) = run(&mut s, 0, Channel::Rtp, "198.51.100.9:1234", &rtp(2, 666), 5000 * MS);
+        assert_eq!(r, Route::Drop(DropReason::StrictSource));
+        let (r, ev) = run(&mut s, 0, Channel::Rtp, "203.0.113.7:62000", &rtp(2, 9), 5001 * MS);
+        assert!(matches!(r, Route::Forward { .. }));
+        assert!(matches!(ev[..], [SessionEvent::Relatched { to, .. }] if to == addr("203.0.113.7:62000")));
+        assert_eq!(s.stats(0, 0).drops.strict_source, 2);
     }
 
     #[test]

@@ -268,6 +268,43 @@ fn latched_leg_drops_intruder(engine: EngineChoice) {
     assert_eq!(stats(&relay, &s).legs[0].drops.strict_source, 1);
 }
 
+/// Polls the session's stats (bounded) until `pred` holds.
+fn wait_stats(relay: &Relay, s: &SessionInfo, what: &str, pred: impl Fn(&sixgate_relay::SessionStats) -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !pred(&stats(relay, s)) {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// With `latch_from`, only the leg's signaling address may latch: a stranger who reaches the
+/// fresh port first neither latches nor receives the other side's media.
+fn latch_scope_keeps_strangers_out(engine: EngineChoice) {
+    let (relay, events) = start(config(engine));
+    let (phone, stranger, pb) = (peer("127.0.0.1"), peer("127.0.0.2"), peer("[::1]"));
+    let a = LegSpec { latch_from: Some("127.0.0.1".parse().unwrap()), ..LegSpec::new(Family::V4, None) };
+    let s = session(&relay, a, strict(Family::V6, addr(&pb)));
+    for i in 0..5 {
+        stranger.send_to(&rtp(i, 666, 0xee), s.legs[0].rtp).unwrap();
+    }
+    wait_stats(&relay, &s, "the stranger's packets were not dropped", |st| st.legs[0].drops.strict_source == 5);
+    // B's media has nowhere to go yet: counted, and not sent to the stranger.
+    pb.send_to(&rtp(1, 2, 2), s.legs[1].rtp).unwrap();
+    wait_stats(&relay, &s, "B's packet was not counted", |st| st.legs[1].drops.no_destination == 1);
+    // The phone, from its signaling address, latches and the call's media flows both ways.
+    phone.send_to(&rtp(1, 1, 1), s.legs[0].rtp).unwrap();
+    assert_eq!(recv(&pb).0, rtp(1, 1, 1));
+    let e = wait_event(&events, |e| matches!(e, Event::Latched { .. }));
+    assert!(matches!(e, Event::Latched { leg: LegId::A, peer, .. } if peer == addr(&phone)), "{e:?}");
+    pb.send_to(&rtp(2, 2, 2), s.legs[1].rtp).unwrap();
+    assert_eq!(recv(&phone).0, rtp(2, 2, 2));
+    let st = stats(&relay, &s);
+    assert_eq!((st.legs[1].tx_rtp.packets, st.legs[0].tx_rtp.packets), (1, 1));
+    stranger.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 512];
+    assert!(stranger.recv_from(&mut buf).is_err(), "the stranger received media");
+}
+
 fn relatch_rule(engine: EngineChoice) {
     let cfg = RelayConfig { relatch_after: Duration::from_millis(1500), ..config(engine) };
     let (relay, events) = start(cfg);
@@ -500,6 +537,10 @@ macro_rules! engine_suite {
             #[test]
             fn latched_leg_drops_intruder() {
                 super::latched_leg_drops_intruder(E)
+            }
+            #[test]
+            fn latch_scope_keeps_strangers_out() {
+                super::latch_scope_keeps_strangers_out(E)
             }
             #[test]
             fn relatch_rule() {
