@@ -6,8 +6,16 @@
 //!   p50/p99; "added" = forwarder − direct loopback path (generator straight to the sink).
 //! * Throughput: for 1, 100, 1000 and 10000 sessions, a stepped rate search finds the highest
 //!   offered rate forwarded with < 0.1 % loss (IPv6 leg in, IPv4 leg out, 12-byte RTP header +
-//!   160 bytes), for the raw forwarder, the relay's io_uring engine and its epoll engine.
+//!   160 bytes), for the raw forwarder, the relay's io_uring engine and its epoll engine. A
+//!   packet counts as forwarded only if it reached the sink within `LATE` of the step's end:
+//!   with thousands of 4 MiB input queues a one-second step fits in the queues, so "nothing
+//!   lost eventually" would not show whether the forwarder keeps up (and for RTP a packet that
+//!   late is lost anyway).
 //! * Memory per session: RSS and kernel slab growth while 10000 sessions are created.
+//! * CPU cost per packet: where one generator core cannot saturate the forwarders (many
+//!   sessions), every forwarder is also run at the same fixed rate and its threads' CPU time
+//!   (schedstat, ns) and its core's busy time (/proc/stat) are divided by the packets forwarded,
+//!   so the forwarders can still be compared (`RELAY_BENCH_EFF_RATE` overrides the rate).
 //!
 //! Forwarders run pinned to CPU 1; the generator and sink run on CPU 0. The generator paces
 //! with sendmmsg batches of up to 64; each step checks it really offered the target rate (a step
@@ -34,6 +42,8 @@ const GEN_CPU: usize = 0;
 const PKT: usize = 172;
 const BATCH: usize = 64;
 const MAX_LOSS: f64 = 0.001;
+/// A packet that reaches the sink later than this after the step's last send counts as lost.
+const LATE: Duration = Duration::from_millis(20);
 /// Bench sessions use rtcp-mux (RTP and RTCP on one port), so each takes 2 sockets, as the raw
 /// forwarder does; the relay's RTCP sockets would only double the descriptors, not the work.
 const SOCKETS_PER_SESSION: u64 = 2;
@@ -209,7 +219,10 @@ impl RawForwarder {
         let forwarded = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (f, st) = (forwarded.clone(), stop.clone());
-        let thread = std::thread::spawn(move || raw_loop(inputs, outputs, sink, f, st));
+        let thread = std::thread::Builder::new()
+            .name(RAW_THREAD.into())
+            .spawn(move || raw_loop(inputs, outputs, sink, f, st))
+            .expect("spawn raw forwarder");
         RawForwarder { targets, forwarded, stop, thread: Some(thread) }
     }
 }
@@ -662,19 +675,72 @@ impl Drop for SinkReader {
 }
 
 // ---------------------------------------------------------------------------------------------
+// CPU accounting of the forwarder under test
+
+/// The raw forwarder's thread name; the relay's engine threads are `relay-N`, and io_uring's
+/// kernel workers for this process (if any) `iou-wrk-*` / `iou-sqp-*`.
+const RAW_THREAD: &str = "raw-fwd";
+
+/// CPU time (ns, from schedstat) of this process's forwarder threads: only one forwarder
+/// exists at a time, so this is the forwarder under test.
+fn forwarder_cpu_ns() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return 0 };
+    dir.filter_map(|e| e.ok())
+        .filter(|e| {
+            let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            let comm = comm.trim_end();
+            // Not `starts_with("relay-")`: this bench's own binary (main thread) is `relay-<hash>`.
+            let engine = comm.strip_prefix("relay-").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            comm == RAW_THREAD || engine || comm.starts_with("iou-")
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Busy clock ticks (everything but idle and iowait, softirq included) of `cpu`, /proc/stat.
+fn cpu_busy_ticks(cpu: usize) -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let name = format!("cpu{cpu} ");
+    stat.lines()
+        .find_map(|l| l.strip_prefix(&name))
+        .map(|rest| {
+            rest.split_whitespace()
+                .enumerate()
+                .filter(|&(i, _)| i != 3 && i != 4)
+                .filter_map(|(_, v)| v.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+// ---------------------------------------------------------------------------------------------
 // Throughput search
 
 #[derive(Clone, Copy, Default)]
 struct Step {
     offered_pps: f64,
     forwarded_pps: f64,
+    /// Share of the offered packets not at the sink within `LATE` of the step's end.
     loss: f64,
+    /// Packets forwarded, but later than `LATE` after the step (queued in the forwarder's input).
+    late: u64,
     gen_ok: bool,
     /// Datagrams the kernel dropped at full IPv6 receive queues (only forwarder inputs receive
     /// IPv6 here): loss at the forwarder's door, i.e. the forwarder was too slow.
     input_queue_drops: u64,
     /// Datagrams the forwarder itself dropped (relay drop counters).
     forwarder_drops: u64,
+    /// CPU time of the forwarder's threads during the step, ns.
+    fwd_cpu_ns: u64,
+    /// Busy time of the forwarder's core during the step (softirq included), ns.
+    core_busy_ns: u64,
+    forwarded: u64,
 }
 
 /// Bytes waiting in the receive queues of the IPv6 UDP sockets on `ports` (sorted), from
@@ -692,6 +758,21 @@ fn udp6_queued_bytes(ports: &[u16]) -> u64 {
             ports.binary_search(&port).ok()?;
             u64::from_str_radix(queues.split_once(':')?.1, 16).ok()
         })
+        .sum()
+}
+
+/// IPv4 UDP datagrams that arrived at a socket on this host, queued or dropped at a full queue
+/// (Udp InDatagrams + InErrors, /proc/net/snmp). Only the sink receives IPv4 UDP in this bench,
+/// so this counts what the forwarders delivered, independently of their own counters.
+fn udp4_arrived() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else { return 0 };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .filter(|(n, _)| *n == "InDatagrams" || *n == "InErrors")
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
         .sum()
 }
 
@@ -722,8 +803,13 @@ fn run_step(gen: &mut Generator, fwd: &Forwarder, targets: &[SockAddr], rate: f6
 fn one_step(gen: &mut Generator, fwd: &Forwarder, targets: &[SockAddr], rate: f64, dur: Duration) -> Step {
     let (before, dropped_before) = fwd.counts();
     let q_before = udp6_rcvbuf_errors();
+    let (cpu_before, busy_before) = (forwarder_cpu_ns(), cpu_busy_ticks(RELAY_CPU));
+    let arrived_before = udp4_arrived();
     let o = gen.offer(targets, rate, dur);
+    std::thread::sleep(LATE);
+    let in_time = udp4_arrived() - arrived_before;
     fwd.settle();
+    let (cpu_after, busy_after) = (forwarder_cpu_ns(), cpu_busy_ticks(RELAY_CPU));
     let (after, dropped_after) = fwd.counts();
     let forwarded = after - before;
     let secs = o.elapsed.as_secs_f64();
@@ -731,10 +817,14 @@ fn one_step(gen: &mut Generator, fwd: &Forwarder, targets: &[SockAddr], rate: f6
     Step {
         offered_pps: o.sent as f64 / secs,
         forwarded_pps: forwarded as f64 / secs,
-        loss: if o.sent == 0 { 1.0 } else { 1.0 - forwarded as f64 / o.sent as f64 },
+        loss: if o.sent == 0 { 1.0 } else { 1.0 - in_time.min(forwarded) as f64 / o.sent as f64 },
+        late: forwarded.saturating_sub(in_time),
         gen_ok: o.sent as f64 >= 0.99 * target_total && secs <= dur.as_secs_f64() * 1.10,
         input_queue_drops: udp6_rcvbuf_errors() - q_before,
         forwarder_drops: dropped_after - dropped_before,
+        fwd_cpu_ns: cpu_after.saturating_sub(cpu_before),
+        core_busy_ns: (busy_after.saturating_sub(busy_before) as f64 * 1e9 / ticks_per_sec()) as u64,
+        forwarded,
     }
 }
 
@@ -919,6 +1009,44 @@ fn print_latency(rows: &[LatencyRow]) {
     }
 }
 
+/// The common rate of the CPU-per-packet step: below every forwarder's maximum at every session
+/// count on the 2-vCPU machine the README figures come from (so nothing queues up).
+fn efficiency_rate(sessions: usize) -> f64 {
+    if let Some(r) = std::env::var("RELAY_BENCH_EFF_RATE").ok().and_then(|v| v.parse().ok()) {
+        return r;
+    }
+    let _ = sessions;
+    150_000.0
+}
+
+fn print_efficiency(rows: &[(usize, Kind, f64, Step)]) {
+    println!("\n### CPU per forwarded packet at a fixed rate (same rate for every forwarder)\n");
+    println!("Thread = the forwarder's own threads (schedstat); core = its whole CPU, softirq included.");
+    println!("Ratio = raw ÷ relay (above 1: the relay spends less CPU per packet than the baseline).\n");
+    println!("| sessions | rate (pps) | forwarder | loss | thread ns/pkt | ratio | core ns/pkt | ratio |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for &(n, kind, rate, s) in rows {
+        let per = |ns: u64| if s.forwarded == 0 { f64::NAN } else { ns as f64 / s.forwarded as f64 };
+        let raw = rows.iter().find(|r| r.0 == n && r.1 == Kind::Raw).map(|r| r.3);
+        let ratio = |f: fn(&Step) -> u64| {
+            raw.map_or("–".to_string(), |r| {
+                let raw_per = f(&r) as f64 / r.forwarded.max(1) as f64;
+                format!("{:.2}", raw_per / (f(&s) as f64 / s.forwarded.max(1) as f64))
+            })
+        };
+        println!(
+            "| {n} | {rate:.0}{} | {} | {:.3} % | {:.0} | {} | {:.0} | {} |",
+            if s.gen_ok { "" } else { " (generator short)" },
+            kind.name(),
+            s.loss * 100.0,
+            per(s.fwd_cpu_ns),
+            ratio(|x| x.fwd_cpu_ns),
+            per(s.core_busy_ns),
+            ratio(|x| x.core_busy_ns),
+        );
+    }
+}
+
 fn main() {
     let plan = plan();
     let mut plan = plan;
@@ -954,6 +1082,7 @@ fn main() {
 
     // Throughput search per session count, and memory at the largest count.
     let mut table = Vec::new();
+    let mut efficiency = Vec::new();
     let mut memory = None;
     for &n in &plan.counts {
         let mut row = Vec::new();
@@ -972,16 +1101,31 @@ fn main() {
             }
             let ceiling = generator_ceiling(&mut gen, &fwd, plan.step / 2);
             let r = search(&mut gen, &fwd, &plan, ceiling);
+            // The same fixed rate for every forwarder at this session count: CPU per packet.
+            let eff_rate = efficiency_rate(n);
+            let targets: Vec<SockAddr> = fwd.targets().iter().map(|&a| SockAddr::from(a)).collect();
+            let eff = one_step(&mut gen, &fwd, &targets, eff_rate, plan.step);
+            eprintln!(
+                "  {n:>5} sessions, {:<15} at {eff_rate:.0} pps: forwarded {} (loss {:.4}%, gen_ok {}), thread CPU {:.1} ms, core busy {:.1} ms",
+                kind.name(),
+                eff.forwarded,
+                eff.loss * 100.0,
+                eff.gen_ok,
+                eff.fwd_cpu_ns as f64 / 1e6,
+                eff.core_busy_ns as f64 / 1e6
+            );
+            efficiency.push((n, kind, eff_rate, eff));
             eprintln!(
                 "  {n:>5} sessions, {:<15} max {:>9.0} pps (loss {:.4}%), next step {} ; generator ceiling {:.0} pps{}",
                 kind.name(),
                 r.best.forwarded_pps,
                 r.best.loss * 100.0,
                 r.fail.map_or("none".into(), |f| format!(
-                    "offered {:.0} forwarded {:.0} loss {:.2}% (input queue drops {}, forwarder drops {}) gen_ok {}",
+                    "offered {:.0} forwarded {:.0} loss {:.2}% (late {}, input queue drops {}, forwarder drops {}) gen_ok {}",
                     f.offered_pps,
                     f.forwarded_pps,
                     f.loss * 100.0,
+                    f.late,
                     f.input_queue_drops,
                     f.forwarder_drops,
                     f.gen_ok
@@ -1027,6 +1171,7 @@ fn main() {
             half_rate_100 = Some(row[1].1.best.forwarded_pps / 2.0);
         }
     }
+    print_efficiency(&efficiency);
     if let Some((n, rss, slab)) = memory {
         println!("\n### Memory per session ({n} sessions, io_uring engine)\n");
         println!("| user space (RSS growth) | kernel (slab growth: 2 sockets) |");
