@@ -119,3 +119,33 @@ fn turnutils_stunclient_learns_its_address() {
         assert!(out.status.success() && text.contains(want), "stunclient against {ip}: {}\n{text}", out.status);
     }
 }
+
+/// A peer that trickles a message one byte at a time is closed once the message timeout passes
+/// (slowloris), even though it is never idle.
+#[test]
+fn tcp_trickled_message_is_cut_off() {
+    let port = free_port();
+    let sg = Sixgate::start(port, &loopback_config(port, "[limits]\ntcp_message_timeout_secs = 1\n"));
+    for target in targets(sg.port) {
+        let mut t = TcpStream::connect(target).unwrap();
+        t.set_read_timeout(Some(Duration::from_millis(250))).unwrap();
+        t.write_all(b"OPTIONS sip:localhost SIP/2.0\r\nVia: ").unwrap();
+        let mut buf = [0u8; 64];
+        let mut closed_after = None;
+        for i in 0..40 {
+            // One byte every ~250 ms: never idle, never finishing the header block.
+            let wrote = t.write_all(b"x").is_ok();
+            let closed = match t.read(&mut buf) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+            };
+            if !wrote || closed {
+                closed_after = Some(i);
+                break;
+            }
+        }
+        let i = closed_after.unwrap_or_else(|| panic!("{target}: a trickling peer was never closed"));
+        assert!(i >= 2, "{target}: closed before the message timeout could have passed ({i} bytes)");
+    }
+}

@@ -43,6 +43,8 @@ pub struct Limits {
     pub max_tcp_connections: usize,
     pub max_tcp_connections_per_source: usize,
     pub tcp_idle_timeout_secs: u64,
+    /// A TCP message that has begun must be complete within this many seconds (slowloris).
+    pub tcp_message_timeout_secs: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -257,13 +259,14 @@ impl Reader {
 
         let lim_t = self.section(root, "limits");
         if let Some(t) = lim_t {
-            self.known_keys(t, "limits", &["max_message_bytes", "max_tcp_connections", "max_tcp_connections_per_source", "tcp_idle_timeout_secs"]);
+            self.known_keys(t, "limits", &["max_message_bytes", "max_tcp_connections", "max_tcp_connections_per_source", "tcp_idle_timeout_secs", "tcp_message_timeout_secs"]);
         }
         let limits = Limits {
             max_message_bytes: self.int(lim_t, "limits", "max_message_bytes", 1024..=65535).unwrap_or(65535) as usize,
             max_tcp_connections: self.int(lim_t, "limits", "max_tcp_connections", 1..=1_000_000).unwrap_or(10000) as usize,
             max_tcp_connections_per_source: self.int(lim_t, "limits", "max_tcp_connections_per_source", 1..=65535).unwrap_or(64) as usize,
             tcp_idle_timeout_secs: self.int(lim_t, "limits", "tcp_idle_timeout_secs", 10..=86400).unwrap_or(600) as u64,
+            tcp_message_timeout_secs: self.int(lim_t, "limits", "tcp_message_timeout_secs", 1..=600).unwrap_or(30) as u64,
         };
 
         let log_t = self.section(root, "log");

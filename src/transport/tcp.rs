@@ -1,6 +1,11 @@
 //! SIP over TCP (RFC 3261 §18): a connection table keyed by remote address so responses (and,
 //! later, requests towards a registered phone) reuse the flow; per-source and total caps; an idle
 //! timeout; framing by Content-Length with CRLF keepalives answered (RFC 5626 §3.5.1).
+//!
+//! Must never let one peer hold resources without bound: a message that has begun must finish
+//! within `tcp_message_timeout_secs` (slowloris), a peer that stops reading is closed when its
+//! send queue fills or a write stalls, and a closed connection's writer is aborted after a short
+//! flush grace so its socket cannot outlive the table entry.
 
 use super::framing::{Frame, FrameError, StreamFramer};
 use super::{Inbound, PONG};
@@ -9,12 +14,30 @@ use crate::core::Core;
 use crate::message::{parse, Framing, MessageError};
 use bytes::Bytes;
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+
+/// Responses and pongs queued per connection; a peer that lets this fill up is not reading.
+const SEND_QUEUE: usize = 64;
+/// A write that makes no progress for this long means the peer stopped reading: close.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After the reader has ended, how long the writer may take to flush what is queued.
+const FLUSH_GRACE: Duration = Duration::from_secs(2);
+/// Bytes read per call (on the stack, not kept per idle connection).
+const READ_CHUNK: usize = 4096;
+
+/// What the per-source cap counts: an IPv4 address, or an IPv6 /64 — one host can hold a
+/// whole /64 (SLAAC privacy addresses), so counting /128s would not cap anything.
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & !u128::from(u64::MAX))),
+    }
+}
 
 /// Open connections: remote address -> the queue of its writer task.
 #[derive(Default)]
@@ -49,11 +72,17 @@ impl ConnectionTable {
         if t.conns.len() >= limits.max_tcp_connections {
             return Err("tcp_total_cap");
         }
-        let n = t.per_source.get(&remote.ip()).copied().unwrap_or(0);
+        if t.conns.contains_key(&remote) {
+            // The same remote ip:port on a second listener: the table is keyed by remote
+            // address (responses must find the flow), so one entry per remote.
+            return Err("tcp_duplicate_flow");
+        }
+        let key = source_key(remote.ip());
+        let n = t.per_source.get(&key).copied().unwrap_or(0);
         if n >= limits.max_tcp_connections_per_source {
             return Err("tcp_per_source_cap");
         }
-        t.per_source.insert(remote.ip(), n + 1);
+        t.per_source.insert(key, n + 1);
         t.conns.insert(remote, tx);
         Ok(())
     }
@@ -61,10 +90,11 @@ impl ConnectionTable {
     fn remove(&self, remote: SocketAddr) {
         if let Ok(mut t) = self.inner.lock() {
             if t.conns.remove(&remote).is_some() {
-                if let Some(n) = t.per_source.get_mut(&remote.ip()) {
+                let key = source_key(remote.ip());
+                if let Some(n) = t.per_source.get_mut(&key) {
                     *n -= 1;
                     if *n == 0 {
-                        t.per_source.remove(&remote.ip());
+                        t.per_source.remove(&key);
                     }
                 }
             }
@@ -85,7 +115,7 @@ pub async fn serve(listener: TcpListener, local: SocketAddr, core: Arc<Core>, ta
                 continue;
             }
         };
-        let (tx, rx) = mpsc::channel::<Bytes>(64);
+        let (tx, rx) = mpsc::channel::<Bytes>(SEND_QUEUE);
         if let Err(cap) = table.admit(remote, tx.clone(), &limits) {
             tracing::info!(%remote, cap, "tcp connection refused");
             core.metrics.inc("dropped", cap);
@@ -96,9 +126,11 @@ pub async fn serve(listener: TcpListener, local: SocketAddr, core: Arc<Core>, ta
         let from = Inbound { transport: TransportKind::Tcp, local, remote };
         let (core, table, limits) = (core.clone(), table.clone(), limits.clone());
         tokio::spawn(async move {
-            let writer = connection(stream, from, core, tx, rx, &limits).await;
+            let mut writer = connection(stream, from, core, tx, rx, &limits).await;
             table.remove(remote); // drops the last sender: the writer flushes what is queued and ends
-            let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+            if tokio::time::timeout(FLUSH_GRACE, &mut writer).await.is_err() {
+                writer.abort(); // a peer that does not read: its socket closes with the task
+            }
         });
     }
 }
@@ -111,42 +143,67 @@ async fn connection(
     mut rx: mpsc::Receiver<Bytes>,
     limits: &Limits,
 ) -> tokio::task::JoinHandle<()> {
-    let (mut rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = stream.into_split();
     let writer = tokio::spawn(async move {
         while let Some(b) = rx.recv().await {
-            if wr.write_all(&b).await.is_err() {
-                break;
+            if !matches!(tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&b)).await, Ok(Ok(()))) {
+                break; // error, or a peer that stopped reading
             }
         }
-        let _ = wr.shutdown().await;
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, wr.shutdown()).await;
     });
+    // Queues an answer; false when the peer is not draining its queue (or the writer gave up).
+    let queue = |bytes: Bytes| {
+        let ok = tx.try_send(bytes).is_ok();
+        if !ok {
+            core.metrics.inc("tcp", "send_queue_full");
+        }
+        ok
+    };
     let idle = Duration::from_secs(limits.tcp_idle_timeout_secs);
+    let message_timeout = Duration::from_secs(limits.tcp_message_timeout_secs);
     let mut framer = StreamFramer::new(limits.max_message_bytes);
-    let mut chunk = vec![0u8; 16384];
+    // When the first byte of the message still being received arrived.
+    let mut partial_since: Option<Instant> = None;
     'read: loop {
-        let n = match tokio::time::timeout(idle, rd.read(&mut chunk)).await {
+        let wait = partial_since.map_or(idle, |t| message_timeout.saturating_sub(t.elapsed()).min(idle));
+        match tokio::time::timeout(wait, rd.readable()).await {
             Err(_) => {
-                core.metrics.inc("tcp", "idle_timeout");
+                let slow = partial_since.is_some_and(|t| t.elapsed() >= message_timeout);
+                core.metrics.inc("tcp", if slow { "message_timeout" } else { "idle_timeout" });
                 break;
             }
-            Ok(Err(_)) | Ok(Ok(0)) => break,
-            Ok(Ok(n)) => n,
-        };
-        framer.push(&chunk[..n]);
+            Ok(Err(_)) => break,
+            Ok(Ok(())) => {}
+        }
+        let mut chunk = [0u8; READ_CHUNK];
+        match rd.try_read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => framer.push(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => break,
+        }
+        let mut framed = false;
         loop {
             match framer.next_frame() {
                 Ok(None) => break,
                 Ok(Some(Frame::Ping)) => {
+                    framed = true;
                     core.metrics.inc("keepalive", "tcp_ping");
-                    let _ = tx.send(Bytes::from_static(PONG)).await;
+                    if !queue(Bytes::from_static(PONG)) {
+                        break 'read;
+                    }
                 }
                 Ok(Some(Frame::Message(bytes))) => {
+                    framed = true;
                     let reply = match parse(bytes.clone(), Framing::Stream) {
                         Ok(msg) => core.on_message(msg, from),
                         Err(e) => core.on_invalid(&bytes, &e, from),
                     };
                     if let Some(out) = reply {
-                        let _ = tx.send(out.bytes).await;
+                        if !queue(out.bytes) {
+                            break 'read;
+                        }
                     }
                 }
                 Err(e) => {
@@ -157,12 +214,65 @@ async fn connection(
                         FrameError::BadContentLength => MessageError::BadContentLength("not a number in range"),
                     };
                     if let Some(out) = core.on_invalid(framer.head(), &err, from) {
-                        let _ = tx.send(out.bytes).await;
+                        queue(out.bytes);
                     }
                     break 'read;
                 }
             }
         }
+        partial_since = match (framer.pending(), partial_since) {
+            (0, _) => None,
+            (_, Some(t)) if !framed => Some(t),
+            _ => Some(Instant::now()),
+        };
     }
     writer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(per_source: usize) -> Limits {
+        Limits {
+            max_message_bytes: 65535,
+            max_tcp_connections: 100,
+            max_tcp_connections_per_source: per_source,
+            tcp_idle_timeout_secs: 600,
+            tcp_message_timeout_secs: 30,
+        }
+    }
+
+    #[test]
+    fn ipv6_sources_are_counted_per_64() {
+        let t = ConnectionTable::default();
+        let l = limits(2);
+        let (tx, _rx) = mpsc::channel(1);
+        let a: SocketAddr = "[2001:db8:1:2::10]:5000".parse().unwrap();
+        let b: SocketAddr = "[2001:db8:1:2:ffff::99]:5000".parse().unwrap();
+        let c: SocketAddr = "[2001:db8:1:2:abcd::1]:5000".parse().unwrap();
+        let other: SocketAddr = "[2001:db8:1:3::10]:5000".parse().unwrap();
+        assert!(t.admit(a, tx.clone(), &l).is_ok());
+        assert!(t.admit(b, tx.clone(), &l).is_ok());
+        assert_eq!(t.admit(c, tx.clone(), &l), Err("tcp_per_source_cap"), "same /64");
+        assert!(t.admit(other, tx.clone(), &l).is_ok(), "another /64");
+        t.remove(a);
+        assert!(t.admit(c, tx, &l).is_ok(), "a slot of the /64 came free");
+    }
+
+    #[test]
+    fn a_second_flow_from_the_same_remote_is_refused_and_counts_stay_right() {
+        let t = ConnectionTable::default();
+        let l = limits(2);
+        let (tx, _rx) = mpsc::channel(1);
+        let a: SocketAddr = "192.0.2.7:5060".parse().unwrap();
+        assert!(t.admit(a, tx.clone(), &l).is_ok());
+        assert_eq!(t.admit(a, tx.clone(), &l), Err("tcp_duplicate_flow"));
+        t.remove(a);
+        t.remove(a);
+        assert!(t.is_empty());
+        // The per-source count went back to zero: two new flows fit again.
+        assert!(t.admit("192.0.2.7:5061".parse().unwrap(), tx.clone(), &l).is_ok());
+        assert!(t.admit("192.0.2.7:5062".parse().unwrap(), tx, &l).is_ok());
+    }
 }
