@@ -17,7 +17,13 @@
 //!   well-formed packet *and* the current source has been silent for at least
 //!   `relatch_after` (default 1 s). An intruder can therefore never take over a live stream;
 //!   a phone whose NAT binding changed, or a new media source after a transfer, is followed
-//!   once the old source has stopped. [`Session::set_peer`] (a new SDP) clears the latch.
+//!   once the old source has stopped. [`Session::set_peer`] with a *different* SDP address clears
+//!   the latch (the same address again, e.g. a session refresh or hold, keeps it).
+//! * **RTCP follows RTP**: on an rtcp-mux leg RTCP is accepted only from the RTP party (one
+//!   5-tuple; RTCP may make the first latch but only RTP re-latches); on a leg with a separate RTCP port, once RTP has latched, RTCP may latch or
+//!   re-latch only from the RTP party's IP address. RTCP is sparse (one packet every few
+//!   seconds), so its own channel is "silent" most of the time and would otherwise be easy to
+//!   take over mid-call.
 //! * **Latch scope**: with `latch_from = Some(ip)`, latching and re-latching accept only sources
 //!   with that IP address (any port). The proxy sets it to the address the leg's signaling came
 //!   from (a NATed phone's public address, RFC 3581 `received`), so a stranger who guesses a
@@ -131,12 +137,12 @@ impl Leg {
         });
     }
 
-    /// Where RTCP for this leg goes: the latched RTCP source, else (rtcp-mux) the RTP peer, else
-    /// the port above a latched RTP source, else the announced RTCP address.
+    /// Where RTCP for this leg goes: (rtcp-mux) the RTP party; else the latched RTCP source,
+    /// else the port above a latched RTP source, else the announced RTCP address.
     fn destination(&self, channel: Channel) -> Option<SocketAddr> {
         match channel {
             Channel::Rtp => self.peers[0].current(),
-            Channel::Rtcp if self.opts.rtcp_mux => self.peers[1].latched.or(self.peers[0].current()),
+            Channel::Rtcp if self.opts.rtcp_mux => self.peers[0].current(),
             Channel::Rtcp => self.peers[1].latched.or_else(|| {
                 self.peers[0].latched.map(|mut a| {
                     a.set_port(a.port().wrapping_add(1));
@@ -168,9 +174,14 @@ impl Session {
         self.legs[leg].opts.rtcp_mux
     }
 
-    /// A new SDP address for `leg` (answer, re-INVITE). Clears any latch so the leg re-learns.
+    /// A new SDP address for `leg` (answer, re-INVITE). A different address clears the latch so
+    /// the leg re-learns; the same address again (session refresh, hold) keeps the latched party,
+    /// so media never falls back to an SDP address behind a NAT.
     pub fn set_peer(&mut self, leg: usize, peer: Option<SocketAddr>) {
         let l = &mut self.legs[leg];
+        if l.peers[0].announced == peer {
+            return;
+        }
         l.announce(peer);
         for p in &mut l.peers {
             p.latched = None;
@@ -201,18 +212,25 @@ impl Session {
             Channel::Rtp => rtp.is_some(),
             Channel::Rtcp => is_rtcp(pkt),
         };
-        let peer = &mut this.peers[channel as usize];
+        // With rtcp-mux, RTP and RTCP share one party; without, RTCP latches only from the IP
+        // its RTP party has latched to (see the module docs).
+        let mux = this.opts.rtcp_mux;
+        let rtp_ip = this.peers[0].latched.map(|a| a.ip());
+        let may_latch = this.opts.may_latch(src)
+            && (channel == Channel::Rtp || mux || rtp_ip.is_none_or(|ip| ip == src.ip()));
+        let peer = &mut this.peers[if mux { 0 } else { channel as usize }];
         if !same(peer.latched, src) {
             let accepted = match peer.latched {
                 None if !this.opts.latch => same(peer.announced, src),
-                None if well_formed && this.opts.may_latch(src) => {
+                None if well_formed && may_latch => {
                     peer.latched = Some(src);
                     emit(SessionEvent::Latched { leg, channel, peer: src });
                     true
                 }
                 Some(old)
-                    if this.opts.may_latch(src)
+                    if may_latch
                         && well_formed
+                        && !(mux && channel == Channel::Rtcp)
                         && !matches!(peer.last_rx_ns, Some(t) if now_ns.saturating_sub(t) < rules.relatch_after_ns) =>
                 {
                     peer.latched = Some(src);
@@ -461,6 +479,46 @@ mod tests {
         assert_eq!(s.peer(0, Channel::Rtp), Some(addr("203.0.113.8:7000")));
         let (_, ev) = run(&mut s, 0, Channel::Rtp, "203.0.113.9:7000", &rtp(1, 1), MS);
         assert!(matches!(ev[0], SessionEvent::Latched { .. }));
+    }
+
+    #[test]
+    fn set_peer_with_the_same_address_keeps_the_latch() {
+        let mut s = session((true, Some("10.0.0.5:4000")), (false, Some("192.0.2.2:5000")));
+        run(&mut s, 0, Channel::Rtp, "203.0.113.7:61000", &rtp(1, 1), 0);
+        // A session refresh repeats the (private) SDP address: media keeps going to the NAT.
+        s.set_peer(0, Some(addr("10.0.0.5:4000")));
+        assert_eq!(s.peer(0, Channel::Rtp), Some(addr("203.0.113.7:61000")));
+        let (r, _) = run(&mut s, 1, Channel::Rtp, "192.0.2.2:5000", &rtp(1, 7), MS);
+        assert_eq!(r, Route::Forward { leg: 0, socket: Channel::Rtp, dst: addr("203.0.113.7:61000") });
+    }
+
+    #[test]
+    fn rtcp_follows_the_rtp_party() {
+        // Separate RTCP port: once RTP latched, RTCP latches only from the RTP party's IP, and a
+        // stranger cannot take the (mostly silent) RTCP channel over later either.
+        let mut s = session((true, None), (false, Some("192.0.2.2:5000")));
+        run(&mut s, 0, Channel::Rtp, "203.0.113.7:61000", &rtp(1, 1), 0);
+        let (r, ev) = run(&mut s, 0, Channel::Rtcp, "198.51.100.9:1235", &RTCP, MS);
+        assert_eq!((r, ev.len()), (Route::Drop(DropReason::StrictSource), 0));
+        let (r, ev) = run(&mut s, 0, Channel::Rtcp, "203.0.113.7:61001", &RTCP, 2 * MS);
+        assert!(matches!(r, Route::Forward { leg: 1, socket: Channel::Rtcp, .. }));
+        assert!(matches!(ev[..], [SessionEvent::Latched { channel: Channel::Rtcp, .. }]));
+        let (r, _) = run(&mut s, 0, Channel::Rtcp, "198.51.100.9:1235", &RTCP, 10_000 * MS);
+        assert_eq!(r, Route::Drop(DropReason::StrictSource), "RTCP silent 10 s, still not a stranger's");
+        assert_eq!(s.peer(0, Channel::Rtcp), Some(addr("203.0.113.7:61001")));
+
+        // rtcp-mux: RTCP is accepted only from the RTP party's exact address, even when RTP has
+        // been silent long enough for RTP itself to re-latch.
+        let mut s = Session::new(
+            [(opts(true, true), None), (opts(false, false), Some(addr("192.0.2.2:5000")))],
+            0,
+            0,
+        );
+        run(&mut s, 0, Channel::Rtp, "[2001:db8::7]:9000", &rtp(1, 1), 0);
+        let (r, ev) = run(&mut s, 0, Channel::Rtp, "[2001:db8::66]:9000", &RTCP, 10_000 * MS);
+        assert_eq!((r, ev.len()), (Route::Drop(DropReason::StrictSource), 0), "well-formed RTCP alone never re-latches");
+        let (r, _) = run(&mut s, 1, Channel::Rtp, "192.0.2.2:5000", &rtp(1, 7), 10_001 * MS);
+        assert_eq!(r, Route::Forward { leg: 0, socket: Channel::Rtp, dst: addr("[2001:db8::7]:9000") });
     }
 
     #[test]

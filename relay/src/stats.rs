@@ -59,7 +59,7 @@ pub struct RtpRxStats {
     expected_prior: u64,
     /// RFC 3550 A.8's integer estimator: jitter scaled by 16, in timestamp units.
     jitter_q4: u32,
-    last_transit: Option<i64>,
+    last_transit: Option<u32>,
     /// Number of SSRC changes seen (a new stream on the same leg).
     ssrc_changes: u32,
 }
@@ -106,7 +106,9 @@ impl RtpRxStats {
         let udelta = seq.wrapping_sub(self.max_seq);
         if udelta < MAX_DROPOUT {
             if seq < self.max_seq {
-                self.cycles += RTP_SEQ_MOD;
+                // u32 like RFC 3550's `cycles`: a sender stepping its sequence to force wraps
+                // can make it wrap, never panic.
+                self.cycles = self.cycles.wrapping_add(RTP_SEQ_MOD);
             }
             self.max_seq = seq;
         } else if udelta <= u16::MAX - MAX_MISORDER {
@@ -131,13 +133,15 @@ impl RtpRxStats {
         }
         // Microsecond resolution keeps this in u64 (no 128-bit division per packet) and is far
         // finer than any RTP clock; it overflows only after ~12 years of uptime at 48 kHz.
-        let arrival_ts = ((arrival_ns / 1_000) * u64::from(self.clock_rate) / 1_000_000) as i64;
-        // Timestamps wrap at 2^32; transit differences stay right as long as we wrap consistently.
-        let transit = arrival_ts.wrapping_sub(i64::from(timestamp));
+        // Arrival time in timestamp units, modulo 2^32 like the RTP timestamp itself (RFC 3550
+        // A.8 does this arithmetic in 32 bits), so a timestamp wrap is not a 2^32 jump.
+        let arrival_ts = ((arrival_ns / 1_000) * u64::from(self.clock_rate) / 1_000_000) as u32;
+        let transit = arrival_ts.wrapping_sub(timestamp);
         if let Some(last) = self.last_transit {
-            let d = transit.wrapping_sub(last).unsigned_abs().min(u64::from(u32::MAX >> 4)) as u32;
-            // J += (|D| - J)/16, kept scaled by 16 (RFC 3550 A.8).
-            self.jitter_q4 = self.jitter_q4 + d - ((self.jitter_q4 + 8) >> 4);
+            let d = (transit.wrapping_sub(last) as i32).unsigned_abs().min(u32::MAX >> 4);
+            // J += (|D| - J)/16, kept scaled by 16 (RFC 3550 A.8); with |D| < 2^28 it stays < 2^32.
+            let j = u64::from(self.jitter_q4);
+            self.jitter_q4 = (j + u64::from(d) - ((j + 8) >> 4)).min(u64::from(u32::MAX)) as u32;
         }
         self.last_transit = Some(transit);
     }
@@ -187,7 +191,7 @@ impl RtpRxStats {
     }
 
     pub fn highest_ext_seq(&self) -> u32 {
-        self.cycles + u32::from(self.max_seq)
+        self.cycles.wrapping_add(u32::from(self.max_seq))
     }
 }
 
@@ -375,6 +379,32 @@ mod tests {
         assert!(got > 30.0 && got <= 40.0, "{got}");
         let ms = s.jitter().as_secs_f64() * 1000.0;
         assert!(ms > 3.7 && ms <= 5.0, "{ms}");
+    }
+
+    #[test]
+    fn jitter_is_unaffected_by_a_timestamp_wrap() {
+        // Perfectly paced 20 ms packets whose RTP timestamp wraps past 2^32 halfway: jitter
+        // must stay zero (a 2^32 jump in transit time would read as ~35 min of jitter).
+        let mut s = RtpRxStats::new(8000);
+        let start_ts = u32::MAX - 160 * 10;
+        for i in 0..20u32 {
+            s.on_packet(&hdr(i as u16, start_ts.wrapping_add(i * 160)), u64::from(i) * 20 * MS);
+        }
+        assert_eq!(s.jitter_ts(), 0);
+    }
+
+    #[test]
+    fn hostile_timestamps_and_sequence_steps_never_overflow() {
+        // Timestamps alternating 0 and 2^31 and a sequence stepping by 2999 (a wrap every ~22
+        // packets) must neither panic (debug build) nor produce nonsense beyond the clamps.
+        let mut s = RtpRxStats::new(8000);
+        let mut seq: u16 = 0;
+        for i in 0..1_500_000u64 {
+            let ts = if i % 2 == 0 { 0 } else { 1 << 31 };
+            s.on_packet(&hdr(seq, ts), i * MS);
+            seq = seq.wrapping_add(2999);
+        }
+        assert!(s.jitter_ts() < 1 << 28);
     }
 
     #[test]

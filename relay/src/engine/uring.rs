@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-use super::{drain_commands, housekeeping, token, Applied, Forward, WorkerParts, MAX_DATAGRAM, TIMEOUT_TICK};
+use super::{drain_commands, housekeeping, token, Applied, Forward, Live, WorkerParts, MAX_DATAGRAM, TIMEOUT_TICK};
 use crate::sys::{from_sockaddr, to_sockaddr, zeroed_storage};
 
 const KIND_RECV: u64 = 1;
@@ -223,6 +223,29 @@ fn recv_entry(fd: RawFd, tok: u64, msg: &libc::msghdr) -> squeue::Entry {
     opcode::RecvMsgMulti::new(types::Fd(fd), msg, BGID).build().user_data(tok)
 }
 
+/// Errors of `io_uring_enter` after which the loop simply goes round again: a timeout, a
+/// signal, a full completion queue (EBUSY: reap first) or a momentary lack of memory (EAGAIN).
+fn transient(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN))
+}
+
+/// Submits everything queued. Without IORING_SETUP_SUBMIT_ALL the kernel stops at an SQE it
+/// cannot set up (that one completes with an error), so go round until the queue is empty;
+/// bounded, and a transient refusal leaves the rest for the next loop iteration.
+fn submit_queued(ring: &mut IoUring) -> io::Result<()> {
+    for _ in 0..SQ_ENTRIES {
+        if ring.submission().is_empty() {
+            return Ok(());
+        }
+        match ring.submit() {
+            Ok(_) => {}
+            Err(e) if transient(&e) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// The engine thread's loop. Returns when the handle is dropped.
 pub(crate) fn run(mut parts: WorkerParts) -> io::Result<()> {
     // Declared before the ring so they outlive it (locals drop in reverse order).
@@ -233,6 +256,10 @@ pub(crate) fn run(mut parts: WorkerParts) -> io::Result<()> {
     recv_msg.msg_namelen = NAME_LEN as libc::socklen_t;
     let mut rearm: Vec<u64> = Vec::with_capacity(1024);
     let mut ring = build_ring()?;
+    // Sockets of deleted sessions, kept open until every SQE queued so far has reached the
+    // kernel: a receive armed (or a send queued) on a closed descriptor number could otherwise
+    // land on whatever socket reuses that number next. Declared after the ring: dropped first.
+    let mut closing: Vec<Live> = Vec::new();
     bufs.register(&ring)?;
 
     let wake_fd = parts.wake.as_raw_fd();
@@ -249,8 +276,11 @@ pub(crate) fn run(mut parts: WorkerParts) -> io::Result<()> {
         let args = types::SubmitArgs::new().timespec(&ts);
         match ring.submitter().submit_with_args(1, &args) {
             Ok(_) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {}
+            Err(e) if transient(&e) => {}
             Err(e) => return Err(e),
+        }
+        if !closing.is_empty() && ring.submission().is_empty() {
+            closing.clear();
         }
         let now = parts.core.now_ns();
         let mut commands = false;
@@ -316,8 +346,6 @@ pub(crate) fn run(mut parts: WorkerParts) -> io::Result<()> {
             }
         }
         if commands {
-            // Every send referring to a socket must reach the kernel before that socket closes.
-            ring.submit()?;
             let alive = drain_commands(&mut parts, |core, applied| match applied {
                 Applied::Added(slot) => {
                     for (fd, tok) in core.sockets(slot, KIND_RECV) {
@@ -330,12 +358,18 @@ pub(crate) fn run(mut parts: WorkerParts) -> io::Result<()> {
                         let cancel = opcode::AsyncCancel::new(tok).build().user_data(KIND_CANCEL << token::KIND_SHIFT);
                         push(&mut ring, &cancel);
                     }
-                    drop(live);
+                    closing.push(live);
                 }
                 Applied::Nothing => {}
             });
             if !alive {
                 return Ok(());
+            }
+            // Receives armed for new sessions, cancels and any sends referring to a deleted
+            // session's sockets go to the kernel now; only then may those sockets close.
+            submit_queued(&mut ring)?;
+            if ring.submission().is_empty() {
+                closing.clear();
             }
         }
         housekeeping(&mut parts.core, &mut next_tick);
