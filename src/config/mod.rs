@@ -329,6 +329,18 @@ impl Reader {
                 }
                 Some(_) => self.int(Some(t), &path, "port", 1..=65535),
             };
+            if let (Some(TransportKind::Udp), Some(ip)) = (transport, address) {
+                if ip.is_unspecified() {
+                    // A wildcard UDP socket answers from whatever source address the kernel's
+                    // route picks; on a host with several addresses that is not the address the
+                    // phone sent to, and NATs and phones drop such answers.
+                    self.issue(
+                        &format!("{path}.address"),
+                        "UDP needs a specific address (a wildcard UDP socket may answer from another address); add one [[listen]] per address",
+                        Some(&Value::String(ip.to_string())),
+                    );
+                }
+            }
             if let (Some(transport), Some(ip), Some(port)) = (transport, address, port) {
                 let l = Listen { transport, addr: SocketAddr::new(ip, port as u16) };
                 if let Some(j) = out.iter().position(|o| *o == l) {
@@ -407,8 +419,13 @@ mod tests {
 
     #[test]
     fn unspecified_listener_needs_advertise() {
-        let p = problems("[sip]\ndomains=[\"a.example\"]\n[[listen]]\ntransport=\"udp\"\naddress=\"::\"\nport=5060\n");
+        let p = problems("[sip]\ndomains=[\"a.example\"]\n[[listen]]\ntransport=\"tcp\"\naddress=\"::\"\nport=5060\n");
         assert_eq!(p, vec!["advertise.ipv6: required: listen[0] is bound to the unspecified address"]);
+        let p = problems("[sip]\ndomains=[\"a.example\"]\n[advertise]\nipv4=\"192.0.2.1\"\n[[listen]]\ntransport=\"udp\"\naddress=\"0.0.0.0\"\nport=5060\n");
+        assert_eq!(
+            p,
+            vec!["listen[0].address: UDP needs a specific address (a wildcard UDP socket may answer from another address); add one [[listen]] per address (got: \"0.0.0.0\")"]
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! Sans-IO: a message and where it came from go in, an [`Outbound`] (or nothing) comes out.
 //! Must never: answer an ACK or a response, or let a request reach a carrier (none yet).
 
-use crate::config::Config;
+use crate::config::{Config, TransportKind};
 use crate::message::{response::ResponseBuilder, HeaderName, Host, Message, MessageError, Method, Scheme};
 use crate::metrics::Metrics;
 use crate::transport::{self, Inbound};
@@ -70,6 +70,13 @@ impl Core {
         tracing::debug!(remote = %from.remote, error = %err, "refused message");
         self.metrics.inc("invalid", err.label());
         match crate::message::response::reject(buf, err) {
+            // On UDP the source address is unproven: an answer much larger than what arrived
+            // would make us an amplifier for spoofed junk. A real request is larger than its 400
+            // (which copies only five of its headers); one built to be tiny is not answered.
+            Some(bytes) if from.transport == TransportKind::Udp && bytes.len() > 2 * buf.len() => {
+                self.metrics.inc("dropped", "answer_larger_than_request");
+                None
+            }
             Some(bytes) => {
                 self.metrics.inc("responses", status_label(err.status()));
                 Some(Outbound { dest: from.remote, bytes })
@@ -82,7 +89,7 @@ impl Core {
     }
 
     /// The answer to a request: status, reason and extra headers; `None` for no answer at all.
-    fn decide(&self, msg: &Message) -> Option<(u16, &'static str, Vec<(&'static str, String)>)> {
+    fn decide(&self, msg: &Message) -> Option<Answer> {
         let method = msg.method()?;
         if method == Method::Ack {
             self.metrics.inc("dropped", "ack_without_transaction");
@@ -173,10 +180,12 @@ fn status_label(code: u16) -> &'static str {
     }
 }
 
+/// Status code, reason phrase and extra headers of an answer the core decided on.
+type Answer = (u16, &'static str, Vec<(&'static str, String)>);
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TransportKind;
     use crate::message::{parse, Framing};
 
     fn core() -> Core {
@@ -229,5 +238,21 @@ mod tests {
             assert!(a.starts_with(&format!("SIP/2.0 {code} ")), "want {code} for\n{req}\ngot\n{a}");
         }
         assert_eq!(answer(&request("ACK", "sip:localhost", "")), None);
+    }
+
+    #[test]
+    fn invalid_requests_get_a_400_but_never_an_amplified_one_on_udp() {
+        let core = core();
+        let bad = request("OPTIONS", "sip:localhost", "").replace("Max-Forwards: 70", "Max-Forwards: 300");
+        let err = parse(Bytes::copy_from_slice(bad.as_bytes()), Framing::Datagram).unwrap_err();
+        let out = core.on_invalid(bad.as_bytes(), &err, inbound()).unwrap();
+        assert!(out.bytes.starts_with(b"SIP/2.0 400 Bad Max-Forwards header"));
+        // The bare minimum a 400 can be built from, with a long reason: larger than the request.
+        let tiny = "X a:b SIP/2.0\r\nv:c\r\nf:d\r\nt:e\r\ni:f\r\nCSeq:1 X\r\n\r\n";
+        let err = MessageError::BadRequestUri("not a valid URI of any scheme we know of");
+        assert!(crate::message::response::reject(tiny.as_bytes(), &err).unwrap().len() > 2 * tiny.len());
+        assert!(core.on_invalid(tiny.as_bytes(), &err, inbound()).is_none(), "UDP: not sent");
+        let tcp = Inbound { transport: TransportKind::Tcp, ..inbound() };
+        assert!(core.on_invalid(tiny.as_bytes(), &err, tcp).is_some(), "TCP: the handshake proved the address");
     }
 }

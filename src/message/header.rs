@@ -130,19 +130,41 @@ pub fn parse_via(buf: &[u8], span: Span) -> Result<Via, Problem> {
         port = Some(uri::parse_port(&buf[start..c.pos])?);
     }
     let mut via = Via { span, transport, host, host_span, port, branch: None, received: None, rport: None, maddr: None };
+    // The parameters the proxy acts on must be well-formed (RFC 3261 §20.42, RFC 3581 §3):
+    // a branch has a value, `received` is an address, `rport` is empty or a port.
+    let mut problem = None;
     parse_params(&mut c, |name, value| {
         let n = name.of(buf);
         if n.eq_ignore_ascii_case(b"branch") {
+            if value.is_none_or(|v| v.is_empty()) {
+                problem.get_or_insert("branch without a value");
+            }
             via.branch = value;
         } else if n.eq_ignore_ascii_case(b"received") {
+            if !value.is_some_and(|v| is_ip_literal(v.of(buf))) {
+                problem.get_or_insert("received is not an IP address");
+            }
             via.received = value;
         } else if n.eq_ignore_ascii_case(b"rport") {
+            if value.is_some_and(|v| uri::parse_port(v.of(buf)).is_err()) {
+                problem.get_or_insert("rport is not a port number");
+            }
             via.rport = Some(Span::new(name.start as usize, value.map_or(name.end, |v| v.end) as usize));
         } else if n.eq_ignore_ascii_case(b"maddr") {
             via.maddr = value;
         }
     })?;
-    Ok(via)
+    match problem {
+        Some(p) => Err(p),
+        None => Ok(via),
+    }
+}
+
+/// An IPv4 or IPv6 address as `received` carries it (RFC 3261 §20.42; RFC 5118 §4.5 shows
+/// IPv6 without brackets, some elements add them: both accepted).
+fn is_ip_literal(v: &[u8]) -> bool {
+    let v = v.strip_prefix(b"[").and_then(|v| v.strip_suffix(b"]")).unwrap_or(v);
+    uri::parse_ipv4(v).is_some() || uri::parse_ipv6(v).is_some()
 }
 
 /// `name-addr` or `addr-spec` with header parameters (From, To, Contact, Route, Record-Route).
@@ -396,6 +418,24 @@ mod tests {
         assert_eq!(v.rport.unwrap().of(s.as_bytes()), b"rport");
         assert!(parse_via(b"SIP/2.0/UDP 192.0.2.15;;", Span::new(0, 24)).is_err());
         assert!(parse_via(b"SIP/3.0/UDP h", Span::new(0, 13)).is_err());
+    }
+
+    #[test]
+    fn via_parameters_the_proxy_acts_on_must_be_well_formed() {
+        let ok = ["SIP/2.0/UDP h;branch=z9hG4bK1;rport=5060;received=192.0.2.1", "SIP/2.0/UDP h;rport;received=2001:db8::1"];
+        for v in ok {
+            assert!(parse_via(v.as_bytes(), sp(v)).is_ok(), "{v}");
+        }
+        let bad = [
+            ("SIP/2.0/UDP h;branch", "branch without a value"),
+            ("SIP/2.0/UDP h;received=evil.example.com", "received is not an IP address"),
+            ("SIP/2.0/UDP h;received", "received is not an IP address"),
+            ("SIP/2.0/UDP h;rport=abc", "rport is not a port number"),
+            ("SIP/2.0/UDP h;rport=70000", "rport is not a port number"),
+        ];
+        for (v, why) in bad {
+            assert_eq!(parse_via(v.as_bytes(), sp(v)).unwrap_err(), why, "{v}");
+        }
     }
 
     #[test]

@@ -102,6 +102,10 @@ pub fn reject(buf: &[u8], err: &MessageError) -> Option<Bytes> {
     if buf.len() - pos < 4 || buf[pos..pos + 4].eq_ignore_ascii_case(b"SIP/") {
         return None;
     }
+    // An ACK is never answered (RFC 3261 §17.2.1): not even a broken one.
+    if buf[pos..].starts_with(b"ACK ") {
+        return None;
+    }
     let mut vias: Vec<Span> = Vec::new();
     let mut found: [Option<Span>; 4] = [None; 4]; // From, To, Call-ID, CSeq
     let mut line_start = match memchr::memchr(b'\n', &buf[pos..]) {
@@ -124,12 +128,17 @@ pub fn reject(buf: &[u8], err: &MessageError) -> Option<Bytes> {
             line_start = nl + 1;
             continue; // a folded continuation: not salvaged
         }
+        // A line with a lone CR or a NUL is never copied into our answer (header injection).
+        if line.iter().any(|&c| c == b'\r' || c == 0) {
+            line_start = nl + 1;
+            continue;
+        }
         if let Some(colon) = memchr::memchr(b':', line) {
             let name = super::HeaderName::from_bytes(line[..colon].trim_ascii_end());
             let value = super::scan::trim(buf, Span::new(line_start + colon + 1, end));
             // Only single-line values are salvaged; CR/LF can never leak into our output.
             let slot = match name {
-                HeaderName::Via => {
+                HeaderName::Via if !value.is_empty() => {
                     vias.push(value);
                     None
                 }
@@ -139,7 +148,7 @@ pub fn reject(buf: &[u8], err: &MessageError) -> Option<Bytes> {
                 HeaderName::CSeq => Some(3),
                 _ => None,
             };
-            if let Some(i) = slot {
+            if let Some(i) = slot.filter(|_| !value.is_empty()) {
                 found[i].get_or_insert(value);
             }
         }
@@ -150,17 +159,82 @@ pub fn reject(buf: &[u8], err: &MessageError) -> Option<Bytes> {
     }
     let mut out = BytesMut::with_capacity(512);
     status_line(&mut out, err.status(), &err.to_string());
-    for v in vias {
+    for v in &vias {
         out.put_slice(b"Via: ");
         out.put_slice(v.of(buf));
         out.put_slice(b"\r\n");
     }
-    for (i, label) in ["From", "To", "Call-ID", "CSeq"].iter().enumerate() {
+    let [from, to, call_id, cseq] = found.map(|s| s.map_or(&b""[..], |s| s.of(buf)));
+    for (label, value) in [("From", from), ("To", to), ("Call-ID", call_id), ("CSeq", cseq)] {
         out.put_slice(label.as_bytes());
         out.put_slice(b": ");
-        out.put_slice(found[i].map_or(&b""[..], |s| s.of(buf)));
+        out.put_slice(value);
+        if label == "To" && !has_tag_param(value) {
+            // A final response carries a To tag (RFC 3261 §8.2.6.2); the same for every
+            // retransmission of the request.
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (call_id, cseq, vias.first().map(|v| v.of(buf))).hash(&mut h);
+            out.put_slice(format!(";tag=sg{:012x}", h.finish() & 0xffff_ffff_ffff).as_bytes());
+        }
         out.put_slice(b"\r\n");
     }
     out.put_slice(b"Content-Length: 0\r\n\r\n");
     Some(out.freeze())
+}
+
+/// True if a To value (name-addr or addr-spec) already has a `tag` parameter: `;tag=` (with
+/// optional whitespace around the name) after the closing `>` if there is one; a `;tag=` inside
+/// `<...>` is a URI parameter.
+fn has_tag_param(value: &[u8]) -> bool {
+    let params = match memchr::memrchr(b'>', value) {
+        Some(i) => &value[i + 1..],
+        None => value,
+    };
+    let skip_ws = |s: &[u8]| -> usize { s.iter().take_while(|c| matches!(c, b' ' | b'\t')).count() };
+    memchr::memchr_iter(b';', params).any(|i| {
+        let rest = &params[i + 1..];
+        let rest = &rest[skip_ws(rest)..];
+        rest.len() >= 3 && rest[..3].eq_ignore_ascii_case(b"tag") && rest[3 + skip_ws(&rest[3..])..].starts_with(b"=")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(head: &str) -> Vec<u8> {
+        format!("{head}\r\nContent-Length: 0\r\n\r\n").into_bytes()
+    }
+
+    const OK_HEADERS: &str = "Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKx\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\nCall-ID: c1\r\nCSeq: 1 INVITE";
+
+    #[test]
+    fn reject_answers_with_the_reason_and_a_to_tag() {
+        let buf = req(&format!("INVITE sip:b@x SIP/2.0\r\n{OK_HEADERS}\r\nMax-Forwards: 300"));
+        let err = MessageError::BadHeader { header: "Max-Forwards", problem: "above 255" };
+        let a = reject(&buf, &err).unwrap();
+        let text = std::str::from_utf8(&a).unwrap();
+        assert!(text.starts_with("SIP/2.0 400 Bad Max-Forwards header: above 255\r\n"), "{text}");
+        assert!(text.contains("\r\nTo: <sip:b@x>;tag=sg"), "{text}");
+        assert_eq!(reject(&buf, &err).unwrap(), a, "same tag for a retransmission");
+        // A To that has its tag keeps it, and gets no second one.
+        let buf = req(&format!("INVITE sip:b@x SIP/2.0\r\n{}\r\nMax-Forwards: 300", OK_HEADERS.replace("<sip:b@x>", "<sip:b@x;tag=u>;tag=9")));
+        let a = reject(&buf, &err).unwrap();
+        assert_eq!(a.windows(4).filter(|w| w == b"tag=").count(), 3, "From tag, URI param, To tag");
+    }
+
+    #[test]
+    fn reject_does_not_answer_ack_empty_headers_or_injected_lines() {
+        let err = MessageError::MalformedHeaderLine;
+        let ack = req(&format!("ACK sip:b@x SIP/2.0\r\n{}", OK_HEADERS.replace("INVITE", "ACK")));
+        assert!(reject(&ack, &err).is_none(), "ACK is never answered");
+        let empty = req(&format!("INVITE sip:b@x SIP/2.0\r\n{}", OK_HEADERS.replace("Call-ID: c1", "Call-ID: ")));
+        assert!(reject(&empty, &err).is_none(), "no Call-ID value, nothing to match the answer to");
+        // A lone CR inside the From line must not reach our answer as a line break.
+        let injected = req(&format!("INVITE sip:b@x SIP/2.0\r\n{}\r\nFrom: <sip:a@x>\rX-Evil: 1", OK_HEADERS.replace("From: <sip:a@x>;tag=1\r\n", "")));
+        assert!(reject(&injected, &err).is_none());
+        let both = req(&format!("INVITE sip:b@x SIP/2.0\r\nSubject: a\rRoute: <sip:evil>\r\n{OK_HEADERS}"));
+        let a = reject(&both, &MessageError::ControlCharacter).unwrap();
+        assert!(!a.windows(4).any(|w| w == b"evil"));
+    }
 }

@@ -29,11 +29,13 @@ pub struct RawMessage {
 }
 
 /// Finds the end of the line starting at `from`: returns (end of content, start of next line).
+/// Counts a CRLF line end in `crlf` (for the bare-CR check).
 #[inline]
-fn line_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+fn line_end(buf: &[u8], from: usize, crlf: &mut usize) -> Option<(usize, usize)> {
     let nl = from + memchr::memchr(b'\n', &buf[from..])?;
-    let end = if nl > from && buf[nl - 1] == b'\r' { nl - 1 } else { nl };
-    Some((end, nl + 1))
+    let cr = nl > from && buf[nl - 1] == b'\r';
+    *crlf += usize::from(cr);
+    Some((nl - usize::from(cr), nl + 1))
 }
 
 /// Splits `buf` into a [`RawMessage`].
@@ -47,7 +49,8 @@ pub fn split(buf: Bytes, framing: Framing) -> Result<RawMessage, MessageError> {
         return Err(MessageError::Empty);
     }
     let sl_start = pos;
-    let (sl_end, mut pos) = line_end(b, pos).ok_or(MessageError::NoEndOfHeaders)?;
+    let mut crlf = 0;
+    let (sl_end, mut pos) = line_end(b, pos, &mut crlf).ok_or(MessageError::NoEndOfHeaders)?;
     let start = split_start_line(b, sl_start, sl_end)?;
 
     let mut headers: Vec<Header> = Vec::with_capacity(16);
@@ -57,7 +60,7 @@ pub fn split(buf: Bytes, framing: Framing) -> Result<RawMessage, MessageError> {
         if pos == b.len() && framing == Framing::Datagram {
             break; // a datagram that ends right after its last header line: no body
         }
-        let (end, next) = line_end(b, pos).ok_or(MessageError::NoEndOfHeaders)?;
+        let (end, next) = line_end(b, pos, &mut crlf).ok_or(MessageError::NoEndOfHeaders)?;
         if end == pos {
             pos = next; // the empty line
             break;
@@ -69,7 +72,7 @@ pub fn split(buf: Bytes, framing: Framing) -> Result<RawMessage, MessageError> {
         // Fold continuation lines into this header's value.
         let (mut vend, mut lnext) = (end, next);
         while lnext < b.len() && (b[lnext] == b' ' || b[lnext] == b'\t') {
-            let (e, n) = line_end(b, lnext).ok_or(MessageError::NoEndOfHeaders)?;
+            let (e, n) = line_end(b, lnext, &mut crlf).ok_or(MessageError::NoEndOfHeaders)?;
             vend = e;
             lnext = n;
         }
@@ -102,8 +105,20 @@ pub fn split(buf: Bytes, framing: Framing) -> Result<RawMessage, MessageError> {
         pos = lnext;
     }
 
+    // A CR that does not end a line, or a NUL, is refused: elements that treat a lone CR as a
+    // line end (or stop at NUL) would read different headers than we forward (header injection).
+    if has_bare_cr_or_nul(&b[sl_start..pos], crlf) {
+        return Err(MessageError::ControlCharacter);
+    }
+
     let available = b.len() - pos;
     let body_len = match (content_length, framing) {
+        // A stream frame was cut at Content-Length by the framer; a body that does not fill it
+        // exactly means we and the framer found different header ends (e.g. a bare "\n\n"
+        // inside the headers), which could hide a second message in the frame.
+        (Some(cl), Framing::Stream) if cl as usize != available => {
+            return Err(MessageError::BadContentLength("does not match the stream frame"));
+        }
         (Some(cl), _) => {
             let cl = cl as usize;
             if cl > available {
@@ -116,6 +131,22 @@ pub fn split(buf: Bytes, framing: Framing) -> Result<RawMessage, MessageError> {
         (None, Framing::Stream) => return Err(MessageError::MissingContentLength),
     };
     Ok(RawMessage { buf, start, headers, body: Span::new(pos, pos + body_len), content_length })
+}
+
+/// True if `block` holds a CR not followed by LF, or a NUL that is not a quoted-pair (`\` NUL is
+/// legal inside a quoted string, RFC 3261 §25.1; RFC 4475 §3.1.1.2 has one).
+/// `crlf` is the number of CRLF line ends in `block`: when the CRs and NULs number exactly that,
+/// there is nothing to look at (one vectorized count instead of a search per line).
+#[inline]
+fn has_bare_cr_or_nul(block: &[u8], crlf: usize) -> bool {
+    // memchr counts (SIMD) rather than visits each hit.
+    if memchr::memchr_iter(b'\r', block).count() == crlf && memchr::memchr(0, block).is_none() {
+        return false;
+    }
+    memchr::memchr2_iter(b'\r', 0, block).any(|i| match block[i] {
+        0 => i == 0 || block[i - 1] != b'\\',
+        _ => block.get(i + 1) != Some(&b'\n'),
+    })
 }
 
 fn parse_content_length(v: &[u8]) -> Result<u32, MessageError> {
@@ -163,4 +194,44 @@ fn split_start_line(b: &[u8], start: usize, end: usize) -> Result<RawStart, Mess
         uri: Span::new(start + sp1 + 1, start + sp2),
         version: Span::new(start + sp2 + 1, start + trimmed),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: &str = "OPTIONS sip:a@example.com SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\n";
+
+    fn msg(extra: &str, body: &str) -> Bytes {
+        format!("{HEAD}{extra}Content-Length: {}\r\n\r\n{body}", body.len()).into_bytes().into()
+    }
+
+    #[test]
+    fn bare_cr_or_nul_in_headers_is_refused() {
+        // A lone CR would be a line end to some elements: "Subject: x\rRoute: <sip:evil>".
+        let m = msg("Subject: x\rRoute: <sip:evil>\r\n", "");
+        assert_eq!(split(m, Framing::Datagram).unwrap_err(), MessageError::ControlCharacter);
+        let m = msg("Subject: x\0y\r\n", "");
+        assert_eq!(split(m, Framing::Datagram).unwrap_err(), MessageError::ControlCharacter);
+        assert!(split(msg("To: \"a\\\0b\" <sip:b@x>\r\n", ""), Framing::Datagram).is_ok(), "quoted-pair NUL");
+        let m: Bytes = format!("OPTIONS sip:a@example.com\r SIP/2.0\r\n{}", "Content-Length: 0\r\n\r\n").into_bytes().into();
+        assert_eq!(split(m, Framing::Datagram).unwrap_err(), MessageError::ControlCharacter);
+        // In the body anything goes, and CRLF / bare LF line ends are fine.
+        assert!(split(msg("Subject: x\n", "a\rb\0c"), Framing::Stream).is_ok());
+    }
+
+    #[test]
+    fn stream_body_must_fill_the_frame() {
+        // The framer cut this frame at "\r\n\r\n" + Content-Length; a bare "\n\n" earlier in it
+        // must not make the rest of the frame a body we ignore (or a message we skip).
+        let frame: Bytes = format!("{HEAD}Subject: x\n\nINVITE sip:b@example.com SIP/2.0\r\nContent-Length: 0\r\n\r\n")
+            .into_bytes()
+            .into();
+        assert!(matches!(split(frame, Framing::Stream).unwrap_err(), MessageError::BadContentLength(_) | MessageError::MissingContentLength));
+        let mut m = msg("", "abc").to_vec();
+        m.extend_from_slice(b"xyz");
+        assert!(matches!(split(m.clone().into(), Framing::Stream).unwrap_err(), MessageError::BadContentLength(_)));
+        // A datagram drops octets past Content-Length (RFC 3261 §18.3).
+        assert_eq!(split(m.into(), Framing::Datagram).unwrap().body.len(), 3);
+    }
 }

@@ -32,6 +32,8 @@ pub enum MessageError {
     BadStatusCode,
     #[error("Malformed header line")]
     MalformedHeaderLine,
+    #[error("Bare CR or NUL in header section")]
+    ControlCharacter,
     #[error("Too many header lines")]
     TooManyHeaders,
     #[error("Bad Content-Length: {0}")]
@@ -74,6 +76,7 @@ impl MessageError {
             MessageError::VersionNotSupported => "version",
             MessageError::BadStatusCode => "bad_status_code",
             MessageError::MalformedHeaderLine => "malformed_header_line",
+            MessageError::ControlCharacter => "control_character",
             MessageError::TooManyHeaders => "too_many_headers",
             MessageError::BadContentLength(_) => "bad_content_length",
             MessageError::MissingContentLength => "missing_content_length",

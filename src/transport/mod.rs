@@ -43,7 +43,8 @@ pub fn stamp_received(msg: &mut Message, src: SocketAddr) {
     if let Some(rport) = via.rport {
         msg.patch(rport, Bytes::from(format!("rport={}", src.port())));
     }
-    if !same_host || via.rport.is_some() {
+    // A `received` the client wrote itself is replaced too: only we say where it came from.
+    if !same_host || via.rport.is_some() || via.received.is_some() {
         let ip = src.ip().to_string();
         match via.received {
             Some(r) => msg.patch(r, Bytes::from(ip)),
@@ -66,5 +67,42 @@ pub fn response_destination(req: &Message, from: Inbound) -> SocketAddr {
                 SocketAddr::new(from.remote.ip(), via.port.unwrap_or(5060))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{parse, Framing};
+
+    fn stamped(via: &str, src: &str) -> String {
+        let text = format!(
+            "OPTIONS sip:x SIP/2.0\r\nVia: {via}\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:x>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n"
+        );
+        let mut m = parse(Bytes::from(text), Framing::Datagram).unwrap();
+        stamp_received(&mut m, src.parse().unwrap());
+        let out = m.to_bytes();
+        let s = std::str::from_utf8(&out).unwrap();
+        s.lines().find(|l| l.starts_with("Via: ")).unwrap()[5..].to_string()
+    }
+
+    #[test]
+    fn received_and_rport_say_where_the_request_came_from() {
+        // RFC 3261 §18.2.1: received only when the sent-by differs.
+        assert_eq!(stamped("SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1", "192.0.2.1:5060"), "SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1");
+        assert_eq!(
+            stamped("SIP/2.0/UDP 10.0.0.2;branch=z9hG4bK1", "203.0.113.7:5060"),
+            "SIP/2.0/UDP 10.0.0.2;branch=z9hG4bK1;received=203.0.113.7"
+        );
+        // RFC 3581 §4: rport filled, received always added with it.
+        assert_eq!(
+            stamped("SIP/2.0/UDP [2001:db8::1]:5060;rport;branch=z9hG4bK1", "[2001:db8::1]:40000"),
+            "SIP/2.0/UDP [2001:db8::1]:5060;rport=40000;branch=z9hG4bK1;received=2001:db8::1"
+        );
+        // A received the client wrote itself never survives, even when the sent-by matches.
+        assert_eq!(
+            stamped("SIP/2.0/UDP 192.0.2.1;received=198.51.100.1;branch=z9hG4bK1", "192.0.2.1:5060"),
+            "SIP/2.0/UDP 192.0.2.1;received=192.0.2.1;branch=z9hG4bK1"
+        );
     }
 }

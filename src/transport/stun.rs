@@ -2,8 +2,8 @@
 //! public address from the same socket they register from. Sans-IO: bytes and the source address
 //! in, the response bytes out.
 //!
-//! Answers Binding requests with XOR-MAPPED-ADDRESS (IPv4 and IPv6), adds FINGERPRINT when the
-//! request carried one, and answers 420 with UNKNOWN-ATTRIBUTES for comprehension-required
+//! Answers Binding requests with XOR-MAPPED-ADDRESS (IPv4 and IPv6), checks a request's
+//! FINGERPRINT (a mismatch is dropped) and adds one to the answer when the request carried one, and answers 420 with UNKNOWN-ATTRIBUTES for comprehension-required
 //! attributes it does not know. Must never: answer anything but a well-formed Binding request.
 
 use std::net::{IpAddr, SocketAddr};
@@ -18,6 +18,7 @@ const ATTR_ERROR_CODE: u16 = 0x0009;
 const ATTR_UNKNOWN_ATTRIBUTES: u16 = 0x000A;
 const ATTR_FINGERPRINT: u16 = 0x8028;
 const ATTR_SOFTWARE: u16 = 0x8022;
+const FINGERPRINT_XOR: u32 = 0x5354_554E;
 /// Comprehension-required attributes that a Binding request may carry and we can ignore safely
 /// (USERNAME and MESSAGE-INTEGRITY are for authenticated STUN, which SIP keepalives don't use;
 /// PRIORITY/USE-CANDIDATE/ICE-CONTROLLED/ICE-CONTROLLING are ICE's, RFC 8445).
@@ -42,7 +43,7 @@ pub fn answer(req: &[u8], src: SocketAddr) -> Result<Vec<u8>, StunError> {
     }
     let msg_type = u16::from_be_bytes([req[0], req[1]]);
     let len = u16::from_be_bytes([req[2], req[3]]) as usize;
-    if len % 4 != 0 || HEADER_LEN + len != req.len() {
+    if !len.is_multiple_of(4) || HEADER_LEN + len != req.len() {
         return Err(StunError::Malformed("length does not match the datagram"));
     }
     if msg_type != BINDING_REQUEST {
@@ -59,7 +60,16 @@ pub fn answer(req: &[u8], src: SocketAddr) -> Result<Vec<u8>, StunError> {
         if pos + 4 + alen > req.len() {
             return Err(StunError::Malformed("attribute runs past the message"));
         }
+        if fingerprint {
+            return Err(StunError::Malformed("attribute after FINGERPRINT"));
+        }
         if ty == ATTR_FINGERPRINT {
+            // RFC 5389 §15.5: CRC-32 of everything before the attribute, XOR 0x5354554E, with
+            // the header length already counting the FINGERPRINT. A mismatch is not STUN for us.
+            let want = crc32(&req[..pos]) ^ FINGERPRINT_XOR;
+            if alen != 4 || req[pos + 4..pos + 8] != want.to_be_bytes() {
+                return Err(StunError::Malformed("FINGERPRINT does not match"));
+            }
             fingerprint = true;
         } else if ty < 0x8000 && !IGNORABLE_REQUIRED.contains(&ty) && unknown.len() < 16 {
             unknown.push(ty);
@@ -86,7 +96,7 @@ pub fn answer(req: &[u8], src: SocketAddr) -> Result<Vec<u8>, StunError> {
     if fingerprint {
         let final_len = (out.len() - HEADER_LEN + 8) as u16;
         out[2..4].copy_from_slice(&final_len.to_be_bytes());
-        let crc = crc32(&out) ^ 0x5354_554E;
+        let crc = crc32(&out) ^ FINGERPRINT_XOR;
         put_attr(&mut out, ATTR_FINGERPRINT, &[&crc.to_be_bytes()]);
     }
     let len = (out.len() - HEADER_LEN) as u16;
@@ -212,11 +222,20 @@ mod tests {
     #[test]
     fn fingerprint_echoed_and_unknown_attributes_refused() {
         let src: SocketAddr = "[::1]:5000".parse().unwrap();
-        let fp = [0x80, 0x28, 0x00, 0x04, 1, 2, 3, 4];
-        let resp = answer(&request([1; 12], &fp), src).unwrap();
+        // A request with a FINGERPRINT that does not match is dropped, one that matches answered.
+        let mut req = request([1; 12], &[0x80, 0x28, 0x00, 0x04, 1, 2, 3, 4]);
+        assert_eq!(answer(&req, src), Err(StunError::Malformed("FINGERPRINT does not match")));
+        let n = req.len();
+        let crc = crc32(&req[..n - 8]) ^ FINGERPRINT_XOR;
+        req[n - 4..].copy_from_slice(&crc.to_be_bytes());
+        let mut after = request([1; 12], &[0x80, 0x28, 0x00, 0x04, 0, 0, 0, 0, 0x80, 0x22, 0, 0]);
+        let crc = crc32(&after[..20]) ^ FINGERPRINT_XOR; // a FINGERPRINT right for its position
+        after[24..28].copy_from_slice(&crc.to_be_bytes());
+        assert_eq!(answer(&after, src), Err(StunError::Malformed("attribute after FINGERPRINT")));
+        let resp = answer(&req, src).unwrap();
         let n = resp.len();
         assert_eq!(&resp[n - 8..n - 4], &[0x80, 0x28, 0x00, 0x04]);
-        let crc = crc32(&resp[..n - 8]) ^ 0x5354_554E;
+        let crc = crc32(&resp[..n - 8]) ^ FINGERPRINT_XOR;
         assert_eq!(&resp[n - 4..], &crc.to_be_bytes());
         let resp = answer(&request([1; 12], &[0x00, 0x33, 0, 0]), src).unwrap();
         assert_eq!(&resp[0..2], &[0x01, 0x11]);
