@@ -3,7 +3,7 @@
 //! and with our own request), size limits, TCP framing errors and per-source caps.
 
 mod common;
-use common::{free_port, loopback_config, tool, Sixgate};
+use common::{free_port, loopback_config, recv_retrying, tool, Sixgate};
 use sixgate::transport::stun;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -33,7 +33,7 @@ fn options(extra: &str, pad: usize) -> Vec<u8> {
 
 fn recv_text(s: &UdpSocket) -> String {
     let mut buf = [0u8; 70000];
-    let n = s.recv(&mut buf).expect("an answer");
+    let n = recv_retrying(s, &mut buf, "an answer");
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
@@ -46,14 +46,14 @@ fn keepalive_stun_and_limits() {
         let u = udp_client(target);
         u.send(b"\r\n\r\n").unwrap();
         let mut buf = [0u8; 64];
-        let n = u.recv(&mut buf).unwrap();
+        let n = recv_retrying(&u, &mut buf, "udp pong");
         assert_eq!(&buf[..n], b"\r\n", "udp pong from {target}");
 
         // STUN Binding on the SIP port returns our own address, XOR-mapped.
         let mut req = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
         req.extend_from_slice(&[7u8; 12]);
         u.send(&req).unwrap();
-        let n = u.recv(&mut buf).unwrap();
+        let n = recv_retrying(&u, &mut buf, "stun answer");
         assert_eq!(stun::decode_xor_mapped(&buf[..n]), Some(u.local_addr().unwrap()), "stun from {target}");
 
         // The received/rport stamp: the answer to a request from an address that differs from

@@ -100,8 +100,15 @@ fn rtcp_sr(ssrc: u32) -> Vec<u8> {
 /// Receives one datagram (bounded wait) and returns (payload, source).
 fn recv(s: &UdpSocket) -> (Vec<u8>, SocketAddr) {
     let mut buf = [0u8; 4096];
-    let (n, from) = s.recv_from(&mut buf).expect("datagram within the bounded wait");
-    (buf[..n].to_vec(), from)
+    // A blocking receive with a timeout is not restarted after an interruption (signal(7)): retry.
+    for _ in 0..100 {
+        match s.recv_from(&mut buf) {
+            Ok((n, from)) => return (buf[..n].to_vec(), from),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("no datagram within the bounded wait: {e}"),
+        }
+    }
+    panic!("receive interrupted 100 times in a row")
 }
 
 fn strict(family: Family, peer: SocketAddr) -> LegSpec {

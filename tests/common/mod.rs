@@ -116,3 +116,16 @@ impl Sixgate {
         panic!("sixgate did not come up on port {} within 10 s", self.port);
     }
 }
+
+/// `recv` on a socket with a read timeout, retrying interruptions (a blocking receive with a
+/// timeout is not restarted after one, signal(7)); panics with `what` when nothing arrives.
+pub fn recv_retrying(s: &UdpSocket, buf: &mut [u8], what: &str) -> usize {
+    for _ in 0..100 {
+        match s.recv(buf) {
+            Ok(n) => return n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+    panic!("{what}: receive interrupted 100 times in a row")
+}
