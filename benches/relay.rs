@@ -332,6 +332,7 @@ impl RelayUnderTest {
     }
 }
 
+#[allow(clippy::large_enum_variant)] // three values per bench run
 enum Forwarder {
     Direct(Vec<SocketAddr>),
     Raw(RawForwarder),
@@ -596,9 +597,9 @@ fn measure_latency(gen: &mut Generator, sink: &UdpSocket, targets: &[SockAddr], 
             finished_at = Some(Instant::now());
         }
         let n = rx.recv_timestamped(sink.as_raw_fd(), &mut rx_ts);
-        for i in 0..n {
-            let sent_at = u64::from_le_bytes(rx.bufs[i][12..20].try_into().unwrap());
-            lat.push(rx_ts[i].saturating_sub(sent_at));
+        for (buf, &ts) in rx.bufs[..n].iter().zip(&rx_ts[..n]) {
+            let sent_at = u64::from_le_bytes(buf[12..20].try_into().unwrap());
+            lat.push(ts.saturating_sub(sent_at));
         }
         if lat.len() >= total || finished_at.is_some_and(|t| drain_until(true, t)) {
             break;
@@ -929,7 +930,7 @@ fn raise_fd_limit() -> u64 {
         }
         let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut cur);
-        cur.rlim_cur as u64
+        cur.rlim_cur
     }
 }
 

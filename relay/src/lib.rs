@@ -21,6 +21,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -36,6 +37,10 @@ pub use sys::pin_current_thread;
 pub use libc as __libc;
 
 use engine::{Command, Core, EventSink, LegSockets, WorkerParts};
+
+/// Events that may wait for the proxy to drain them (a few per call; a proxy that stops
+/// draining loses events, counted by [`Relay::events_dropped`], rather than the relay's memory).
+pub const EVENT_QUEUE: usize = 65_536;
 use ports::PortPool;
 use session::{LegOptions, Rules};
 use sys::SocketOptions;
@@ -264,6 +269,7 @@ pub struct Relay {
     engine: EngineKind,
     cfg: RelayConfig,
     sockopts: SocketOptions,
+    events_dropped: Arc<AtomicU64>,
 }
 
 /// Events from all engine threads. Wait for [`EventStream::as_raw_fd`] to become readable
@@ -350,33 +356,41 @@ impl Relay {
     /// Probes and picks the engine, starts its threads. Returns the handle and the event stream.
     pub fn start(cfg: RelayConfig) -> Result<(Relay, EventStream), Error> {
         for (name, (lo, hi)) in [("ports_v4", cfg.ports_v4), ("ports_v6", cfg.ports_v6)] {
-            if lo > hi || hi - lo < 1 {
+            if PortPool::new(lo, hi, Duration::ZERO).capacity() == 0 {
                 return Err(Error::Config(format!("{name}: range {lo}..={hi} holds no even/odd pair")));
             }
         }
         let engine = select_engine(cfg.engine)?;
-        let (ev_tx, ev_rx) = mpsc::channel();
+        let (ev_tx, ev_rx) = mpsc::sync_channel(EVENT_QUEUE);
         let ev_fd = Arc::new(sys::eventfd().map_err(Error::Start)?);
+        let events_dropped = Arc::new(AtomicU64::new(0));
         let rules = Rules { relatch_after_ns: cfg.relatch_after.as_nanos() as u64 };
         let cpus: Vec<Option<usize>> =
             if cfg.cpus.is_empty() { vec![None] } else { cfg.cpus.iter().map(|&c| Some(c)).collect() };
         let mut workers = Vec::with_capacity(cpus.len());
+        let (ready_tx, ready_rx) = mpsc::sync_channel(cpus.len());
+        let may_fall_back = cfg.engine == EngineChoice::Auto;
+        let mut spawn_error = None;
         for (i, cpu) in cpus.into_iter().enumerate() {
             let (tx, rx) = mpsc::channel();
             let wake = Arc::new(sys::eventfd().map_err(Error::Start)?);
             let parts = WorkerParts {
-                core: Core::new(rules, EventSink::new(ev_tx.clone(), ev_fd.clone())),
+                core: Core::new(rules, EventSink::new(ev_tx.clone(), ev_fd.clone(), events_dropped.clone())),
                 commands: rx,
                 wake: wake.clone(),
                 cpu,
                 busy_poll: cfg.busy_poll,
+                ready: engine::Ready::new(ready_tx.clone()),
             };
-            let thread = std::thread::Builder::new()
-                .name(format!("relay-{i}"))
-                .spawn(move || run_worker(engine, parts))
-                .map_err(Error::Start)?;
-            workers.push(Worker { commands: tx, wake, thread: Some(thread) });
+            match std::thread::Builder::new().name(format!("relay-{i}")).spawn(move || run_worker(engine, parts, may_fall_back)) {
+                Ok(thread) => workers.push(Worker { commands: tx, wake, thread: Some(thread) }),
+                Err(e) => {
+                    spawn_error = Some(e);
+                    break;
+                }
+            }
         }
+        drop(ready_tx);
         let q = cfg.port_quarantine;
         let control = Control {
             v4: cfg.bind_v4.map(|_| PortPool::new(cfg.ports_v4.0, cfg.ports_v4.1, q)),
@@ -390,7 +404,31 @@ impl Relay {
             recv_buffer: cfg.socket_recv_buffer,
             send_buffer: cfg.socket_send_buffer,
         };
-        Ok((Relay { control: Mutex::new(control), workers, engine, cfg, sockopts }, EventStream { rx: ev_rx, fd: ev_fd }))
+        let forced = cfg.engine;
+        // Built before the handshake so that an early return stops (drops and joins) the threads.
+        let mut relay = Relay { control: Mutex::new(control), workers, engine, cfg, sockopts, events_dropped };
+        if let Some(e) = spawn_error {
+            return Err(Error::Start(e));
+        }
+        // Every thread reports once its IO driver is set up (ring built, buffers registered).
+        let mut kinds = Vec::with_capacity(relay.workers.len());
+        for _ in 0..relay.workers.len() {
+            match ready_rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(Ok(kind)) => kinds.push(kind),
+                Ok(Err(why)) if forced == EngineChoice::IoUring => return Err(Error::IoUringUnavailable(why)),
+                Ok(Err(why)) => return Err(Error::Start(io::Error::other(why))),
+                Err(_) => return Err(Error::Start(io::Error::other("a relay engine thread did not start"))),
+            }
+        }
+        if kinds.iter().any(|&k| k != engine) {
+            relay.engine = EngineKind::Epoll;
+        }
+        Ok((relay, EventStream { rx: ev_rx, fd: ev_fd }))
+    }
+
+    /// Events dropped because the event queue was full (the consumer stopped draining it).
+    pub fn events_dropped(&self) -> u64 {
+        self.events_dropped.load(Ordering::Relaxed)
     }
 
     /// The engine in use.
@@ -477,12 +515,25 @@ impl Relay {
             let o = LegOptions { latch: l.latch, rtcp_mux: l.rtcp_mux, clock_rate: l.clock_rate, latch_from: l.latch_from };
             (o, l.peer)
         };
-        self.workers[worker].send(Command::Add {
+        let sent = self.workers[worker].send(Command::Add {
             id,
             legs: [opts(&spec.legs[0]), opts(&spec.legs[1])],
             sockets: [sock_a, sock_b],
             media_timeout: spec.media_timeout.unwrap_or(self.cfg.media_timeout),
-        })?;
+        });
+        if let Err(e) = sent {
+            // The engine thread is gone (the sockets went down with the command): forget the
+            // session and give its ports back rather than leak them.
+            let mut ctl = self.control.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(rec) = ctl.sessions.remove(&id) {
+                for (family, port) in rec.ports {
+                    if let Some(p) = ctl.pool(family) {
+                        p.release(port, now);
+                    }
+                }
+            }
+            return Err(e);
+        }
         Ok(SessionInfo { id: SessionId(id), legs })
     }
 
@@ -546,17 +597,94 @@ impl Drop for Relay {
     }
 }
 
-fn run_worker(kind: EngineKind, parts: WorkerParts) {
+fn run_worker(kind: EngineKind, mut parts: WorkerParts, may_fall_back: bool) {
     if let Some(cpu) = parts.cpu {
         if let Err(e) = sys::pin_current_thread(cpu) {
             tracing::warn!(cpu, error = %e, "could not pin relay thread");
         }
     }
-    let r = match kind {
-        EngineKind::Epoll => engine::epoll::run(parts),
-        EngineKind::IoUring => engine::uring::run(parts),
+    let mut r = match kind {
+        EngineKind::Epoll => engine::epoll::run(&mut parts),
+        EngineKind::IoUring => engine::uring::run(&mut parts),
     };
+    if let Err(e) = &r {
+        // The probe passed but this thread's ring could not be set up (memory accounting, a
+        // seccomp policy that differs per thread): with engine = auto, run epoll instead.
+        if kind == EngineKind::IoUring && parts.ready.pending() && may_fall_back {
+            tracing::warn!(error = %e, engine = "epoll", "io_uring set-up failed in the engine thread; falling back to epoll");
+            r = engine::epoll::run(&mut parts);
+        }
+    }
     if let Err(e) = r {
-        tracing::error!(error = %e, ?kind, "relay engine thread stopped");
+        if parts.ready.pending() {
+            parts.ready.fail(format!("{kind:?} engine set-up: {e}"));
+        } else {
+            tracing::error!(error = %e, ?kind, "relay engine thread stopped");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+
+    fn v4_config(engine: EngineChoice) -> RelayConfig {
+        RelayConfig {
+            bind_v4: Some(Ipv4Addr::LOCALHOST),
+            bind_v6: None,
+            ports_v4: (47000, 47031),
+            port_quarantine: Duration::ZERO,
+            engine,
+            ..RelayConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_port_range_without_an_even_odd_pair_is_refused() {
+        for range in [(40001, 40002), (40000, 40000), (40002, 40001)] {
+            let cfg = RelayConfig { ports_v4: range, ..v4_config(EngineChoice::Epoll) };
+            assert!(matches!(Relay::start(cfg), Err(Error::Config(_))), "{range:?}");
+        }
+    }
+
+    #[test]
+    fn ring_setup_failure_in_the_engine_thread_falls_back_or_fails_start() {
+        engine::uring::FAIL_RING_SETUP.store(true, Ordering::Relaxed);
+        let forced = Relay::start(v4_config(EngineChoice::IoUring));
+        let auto = Relay::start(v4_config(EngineChoice::Auto));
+        engine::uring::FAIL_RING_SETUP.store(false, Ordering::Relaxed);
+        assert!(matches!(forced, Err(Error::IoUringUnavailable(_))), "forced io_uring must not start half-dead");
+        let (relay, _events) = auto.expect("auto falls back to epoll");
+        assert_eq!(relay.engine(), EngineKind::Epoll);
+        // And the fallen-back engine relays.
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let leg = |peer: &UdpSocket| LegSpec { latch: false, rtcp_mux: true, ..LegSpec::new(Family::V4, Some(peer.local_addr().unwrap())) };
+        let s = relay.create_session(SessionSpec { legs: [leg(&a), leg(&b)], media_timeout: None }).unwrap();
+        let mut pkt = [0u8; 172];
+        pkt[0] = 0x80;
+        a.send_to(&pkt, s.legs[0].rtp).unwrap();
+        let mut buf = [0u8; 256];
+        let n = loop {
+            match b.recv(&mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => break r.expect("relayed by the epoll fallback"),
+            }
+        };
+        assert_eq!(&buf[..n], &pkt[..]);
+    }
+
+    #[test]
+    fn a_full_event_queue_drops_and_counts_instead_of_growing() {
+        let (tx, rx) = mpsc::sync_channel(2);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let mut sink = EventSink::new(tx, Arc::new(sys::eventfd().unwrap()), dropped.clone());
+        for leg in [LegId::A, LegId::B, LegId::A] {
+            sink.send(Event::MediaTimeout { session: SessionId(1), leg });
+        }
+        assert_eq!(dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(rx.try_iter().count(), 2);
     }
 }

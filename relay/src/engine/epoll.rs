@@ -130,7 +130,7 @@ fn epoll_ctl(ep: RawFd, op: libc::c_int, fd: RawFd, tok: u64) -> io::Result<()> 
 }
 
 /// The engine thread's loop. Returns when the handle is dropped.
-pub(crate) fn run(mut parts: WorkerParts) -> io::Result<()> {
+pub(crate) fn run(parts: &mut WorkerParts) -> io::Result<()> {
     // SAFETY: plain syscall; the fd is owned on success.
     let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     if raw < 0 {
@@ -143,6 +143,7 @@ pub(crate) fn run(mut parts: WorkerParts) -> io::Result<()> {
     // SAFETY: epoll_event is plain data.
     let mut events: Vec<libc::epoll_event> = vec![unsafe { zeroed() }; 256];
     let mut next_tick = Instant::now() + TIMEOUT_TICK;
+    parts.ready.done(super::EngineKind::Epoll);
     loop {
         let wait_ms = parts.wait_budget(next_tick).as_millis() as i32;
         // SAFETY: the events buffer is valid for its length.
@@ -176,7 +177,7 @@ pub(crate) fn run(mut parts: WorkerParts) -> io::Result<()> {
         }
         if commands {
             let ep_fd = ep.as_raw_fd();
-            let alive = drain_commands(&mut parts, |core, applied| match applied {
+            let alive = drain_commands(parts, |core, applied| match applied {
                 Applied::Added(slot) => {
                     for (fd, tok) in core.sockets(slot, 0) {
                         if let Err(e) = epoll_ctl(ep_fd, libc::EPOLL_CTL_ADD, fd, tok) {

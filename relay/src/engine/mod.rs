@@ -11,7 +11,8 @@ pub(crate) mod uring;
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,22 +45,34 @@ pub(crate) enum Command {
     Stats { id: u64, reply: SyncSender<Option<SessionStats>> },
 }
 
-/// Events out of an engine thread: a channel plus an eventfd, written once per loop iteration.
+/// Events out of an engine thread: a bounded channel plus an eventfd, written once per loop
+/// iteration.
 pub(crate) struct EventSink {
-    tx: Sender<Event>,
+    tx: SyncSender<Event>,
     fd: Arc<OwnedFd>,
     pending: bool,
+    /// Events refused because the queue was full (shared by all engine threads).
+    dropped: Arc<AtomicU64>,
 }
 
 impl EventSink {
-    pub fn new(tx: Sender<Event>, fd: Arc<OwnedFd>) -> EventSink {
-        EventSink { tx, fd, pending: false }
+    pub fn new(tx: SyncSender<Event>, fd: Arc<OwnedFd>, dropped: Arc<AtomicU64>) -> EventSink {
+        EventSink { tx, fd, pending: false, dropped }
     }
 
-    fn send(&mut self, e: Event) {
-        // A dropped receiver means nobody listens; the relay keeps relaying.
-        if self.tx.send(e).is_ok() {
-            self.pending = true;
+    pub(crate) fn send(&mut self, e: Event) {
+        // A full queue means the proxy stopped draining it: the event is dropped and counted
+        // (the relay never blocks on its consumer, nor grows without bound). A dropped receiver
+        // means nobody listens; the relay keeps relaying.
+        match self.tx.try_send(e) {
+            Ok(()) => self.pending = true,
+            Err(TrySendError::Full(_)) => {
+                if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!("relay event queue full: events are dropped (counted) until it is drained");
+                }
+                self.pending = true;
+            }
+            Err(TrySendError::Disconnected(_)) => {}
         }
     }
 
@@ -337,6 +350,36 @@ pub(crate) enum Applied {
     Removed { slot: u32, gen: u32, live: Live },
 }
 
+/// Start-up handshake: an engine thread reports once that its IO driver is set up (or why it
+/// could not be), so `Relay::start` fails or falls back instead of handing out a dead relay.
+pub(crate) struct Ready {
+    tx: Option<SyncSender<Result<EngineKind, String>>>,
+}
+
+impl Ready {
+    pub fn new(tx: SyncSender<Result<EngineKind, String>>) -> Ready {
+        Ready { tx: Some(tx) }
+    }
+
+    /// The engine is set up and about to enter its loop.
+    pub fn done(&mut self, kind: EngineKind) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Ok(kind));
+        }
+    }
+
+    /// Whether the engine has not reported yet (a failure now is a start-up failure).
+    pub fn pending(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    pub fn fail(&mut self, why: String) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Err(why));
+        }
+    }
+}
+
 /// Everything an engine thread starts with.
 pub(crate) struct WorkerParts {
     pub core: Core,
@@ -345,6 +388,7 @@ pub(crate) struct WorkerParts {
     pub cpu: Option<usize>,
     /// Poll without sleeping (the thread spins on its core; no wake-up latency).
     pub busy_poll: bool,
+    pub ready: Ready,
 }
 
 impl WorkerParts {

@@ -206,7 +206,15 @@ fn push(ring: &mut IoUring, e: &squeue::Entry) {
     }
 }
 
+/// Makes the next ring set-ups fail (tests of the start-up fallback).
+#[cfg(test)]
+pub(crate) static FAIL_RING_SETUP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn build_ring() -> io::Result<IoUring> {
+    #[cfg(test)]
+    if FAIL_RING_SETUP.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(io::Error::other("ring set-up failure injected by a test"));
+    }
     // Single issuer + deferred task work (6.1+) keeps completions on this thread, batched.
     let tuned = IoUring::builder()
         .setup_cqsize(CQ_ENTRIES)
@@ -247,7 +255,7 @@ fn submit_queued(ring: &mut IoUring) -> io::Result<()> {
 }
 
 /// The engine thread's loop. Returns when the handle is dropped.
-pub(crate) fn run(mut parts: WorkerParts) -> io::Result<()> {
+pub(crate) fn run(parts: &mut WorkerParts) -> io::Result<()> {
     // Declared before the ring so they outlive it (locals drop in reverse order).
     let mut bufs = BufRing::new(BUFFERS, BUF_LEN)?;
     let mut sends = SendSlots::new(usize::from(BUFFERS));
@@ -269,6 +277,7 @@ pub(crate) fn run(mut parts: WorkerParts) -> io::Result<()> {
         .user_data(KIND_WAKE << token::KIND_SHIFT);
     push(&mut ring, &wake);
     let mut next_tick = Instant::now() + TIMEOUT_TICK;
+    parts.ready.done(super::EngineKind::IoUring);
 
     loop {
         let wait = parts.wait_budget(next_tick);
@@ -346,7 +355,7 @@ pub(crate) fn run(mut parts: WorkerParts) -> io::Result<()> {
             }
         }
         if commands {
-            let alive = drain_commands(&mut parts, |core, applied| match applied {
+            let alive = drain_commands(parts, |core, applied| match applied {
                 Applied::Added(slot) => {
                     for (fd, tok) in core.sockets(slot, KIND_RECV) {
                         push(&mut ring, &recv_entry(fd, tok, &recv_msg));
