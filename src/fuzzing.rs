@@ -1,8 +1,8 @@
 //! The invariants every input must keep, shared by the property tests (`tests/fuzz_parsers.rs`)
 //! and the coverage-guided libFuzzer target (`fuzz/`), so both check the same things:
 //! nothing panics; an unedited message serializes to the bytes it was parsed from; a request
-//! stamped with received/rport parses again with the stamp; a refused message gets a response
-//! or is dropped; the datagram handler, the STUN responder and the stream framer take anything.
+//! stamped with received/rport parses again with the stamp; a refused message gets a clean
+//! response (never for a response or an ACK; no NUL, no bare CR/LF) or is dropped; the datagram handler, the STUN responder and the stream framer take anything.
 
 use crate::config::{Config, TransportKind};
 use crate::core::Core;
@@ -42,7 +42,24 @@ pub fn exercise(data: &[u8]) {
                 }
             }
             Err(e) => {
-                let _ = response::reject(data, &e);
+                if let Some(answer) = response::reject(data, &e) {
+                    // Whatever the input, an answer is never for a response or an ACK, and
+                    // its lines are clean: no NUL, every CR and LF part of a CRLF.
+                    let first = data.iter().position(|&c| c != b'\r' && c != b'\n').unwrap_or(data.len());
+                    let start = &data[first..];
+                    assert!(!(start.len() >= 4 && start[..4].eq_ignore_ascii_case(b"SIP/")), "a response was answered");
+                    assert!(!start.starts_with(b"ACK "), "an ACK was answered");
+                    assert!(!answer.contains(&0), "NUL in an answer");
+                    for (i, &c) in answer.iter().enumerate() {
+                        let ok = match c {
+                            b'\r' => answer.get(i + 1) == Some(&b'\n'),
+                            b'\n' => i > 0 && answer[i - 1] == b'\r',
+                            _ => true,
+                        };
+                        assert!(ok, "bare CR or LF in an answer");
+                    }
+                    assert!(answer.ends_with(b"\r\n\r\n"));
+                }
             }
         }
     }

@@ -143,7 +143,8 @@ impl Leg {
         match channel {
             Channel::Rtp => self.peers[0].current(),
             Channel::Rtcp if self.opts.rtcp_mux => self.peers[0].current(),
-            Channel::Rtcp => self.peers[1].latched.or_else(|| {
+            // An RTCP latch counts only while it is on the RTP party's IP (RTCP follows RTP).
+            Channel::Rtcp => self.peers[1].latched.filter(|r| self.peers[0].latched.is_none_or(|p| p.ip() == r.ip())).or_else(|| {
                 self.peers[0].latched.map(|mut a| {
                     a.set_port(a.port().wrapping_add(1));
                     a
@@ -216,9 +217,16 @@ impl Session {
         // its RTP party has latched to (see the module docs).
         let mux = this.opts.rtcp_mux;
         let rtp_ip = this.peers[0].latched.map(|a| a.ip());
-        let may_latch = this.opts.may_latch(src)
-            && (channel == Channel::Rtp || mux || rtp_ip.is_none_or(|ip| ip == src.ip()));
+        let follows_rtp = channel == Channel::Rtp || mux || rtp_ip.is_none_or(|ip| ip == src.ip());
+        if !follows_rtp {
+            // Separate RTCP port, RTP latched elsewhere: whoever this is (even an earlier RTCP
+            // latch, made before RTP latched), it is not the RTP party.
+            this.drops.add(DropReason::StrictSource);
+            return Route::Drop(DropReason::StrictSource);
+        }
+        let may_latch = this.opts.may_latch(src);
         let peer = &mut this.peers[if mux { 0 } else { channel as usize }];
+        let mut relatched_rtp = false;
         if !same(peer.latched, src) {
             let accepted = match peer.latched {
                 None if !this.opts.latch => same(peer.announced, src),
@@ -243,8 +251,13 @@ impl Session {
                 this.drops.add(DropReason::StrictSource);
                 return Route::Drop(DropReason::StrictSource);
             }
+            relatched_rtp = channel == Channel::Rtp && !mux;
         }
         peer.last_rx_ns = Some(now_ns);
+        if relatched_rtp && this.peers[1].latched.is_some_and(|r| r.ip() != src.ip()) {
+            // RTP (re)latched to another host: an RTCP latch elsewhere is not its party's.
+            this.peers[1].latched = None;
+        }
         if this.last_rx_ns.is_none() {
             emit(SessionEvent::FirstPacket { leg, from: src });
         }
@@ -285,15 +298,16 @@ impl Session {
 
     /// Raises `MediaTimeout` once per silence for each leg that received nothing for the
     /// timeout (counted from creation if it never received anything).
-    pub fn check_timeout(&mut self, now_ns: u64, emit: &mut impl FnMut(SessionEvent)) {
+    /// `emit` returns whether the event was delivered; one that was not is raised again on the
+    /// next check.
+    pub fn check_timeout(&mut self, now_ns: u64, emit: &mut impl FnMut(SessionEvent) -> bool) {
         if self.media_timeout_ns == 0 {
             return;
         }
         for (i, leg) in self.legs.iter_mut().enumerate() {
             let since = leg.last_rx_ns.unwrap_or(self.created_ns);
             if !leg.timed_out && now_ns.saturating_sub(since) >= self.media_timeout_ns {
-                leg.timed_out = true;
-                emit(SessionEvent::MediaTimeout { leg: i });
+                leg.timed_out = emit(SessionEvent::MediaTimeout { leg: i });
             }
         }
     }
@@ -493,6 +507,22 @@ mod tests {
     }
 
     #[test]
+    fn an_rtcp_latch_made_before_rtp_does_not_outlive_it() {
+        // A stranger's RTCP reaches the fresh RTCP port before the phone's RTP: it latches, but
+        // once RTP latches to the phone, the stranger gets nothing and sends nothing through.
+        let mut s = session((true, None), (false, Some("192.0.2.2:5000")));
+        run(&mut s, 0, Channel::Rtcp, "198.51.100.9:1235", &RTCP, 0);
+        run(&mut s, 0, Channel::Rtp, "203.0.113.7:61000", &rtp(1, 1), MS);
+        let (r, _) = run(&mut s, 1, Channel::Rtcp, "192.0.2.2:5001", &RTCP, 2 * MS);
+        assert_eq!(r, Route::Forward { leg: 0, socket: Channel::Rtcp, dst: addr("203.0.113.7:61001") });
+        let (r, _) = run(&mut s, 0, Channel::Rtcp, "198.51.100.9:1235", &RTCP, 3 * MS);
+        assert_eq!(r, Route::Drop(DropReason::StrictSource));
+        // The phone's own RTCP then latches normally.
+        let (r, _) = run(&mut s, 0, Channel::Rtcp, "203.0.113.7:61001", &RTCP, 4 * MS);
+        assert!(matches!(r, Route::Forward { leg: 1, .. }));
+    }
+
+    #[test]
     fn rtcp_follows_the_rtp_party() {
         // Separate RTCP port: once RTP latched, RTCP latches only from the RTP party's IP, and a
         // stranger cannot take the (mostly silent) RTCP channel over later either.
@@ -540,17 +570,27 @@ mod tests {
     }
 
     #[test]
-    fn media_timeout_fires_once_per_silence() {
+    fn media_timeout_fires_once_per_silence_and_again_if_undelivered() {
         let mut s = session((false, Some("192.0.2.1:4000")), (false, Some("192.0.2.2:5000")));
         let mut ev = Vec::new();
-        s.check_timeout(4999 * MS, &mut |e| ev.push(e));
+        let deliver = |s: &mut Session, now: u64, ev: &mut Vec<SessionEvent>, ok: bool| {
+            s.check_timeout(now, &mut |e| {
+                if ok {
+                    ev.push(e);
+                }
+                ok
+            })
+        };
+        deliver(&mut s, 4999 * MS, &mut ev, true);
         assert!(ev.is_empty());
         run(&mut s, 0, Channel::Rtp, "192.0.2.1:4000", &rtp(1, 1), 1000 * MS);
-        s.check_timeout(5000 * MS, &mut |e| ev.push(e));
+        deliver(&mut s, 5000 * MS, &mut ev, true);
         assert_eq!(ev, vec![SessionEvent::MediaTimeout { leg: 1 }]);
-        s.check_timeout(6000 * MS, &mut |e| ev.push(e));
+        // The event queue is full at 6 s: leg A's timeout is not lost, it comes on the next check.
+        deliver(&mut s, 6000 * MS, &mut ev, false);
+        deliver(&mut s, 6050 * MS, &mut ev, true);
         assert_eq!(ev, vec![SessionEvent::MediaTimeout { leg: 1 }, SessionEvent::MediaTimeout { leg: 0 }]);
-        s.check_timeout(60_000 * MS, &mut |e| ev.push(e));
+        deliver(&mut s, 60_000 * MS, &mut ev, true);
         assert_eq!(ev.len(), 2, "once per silence");
     }
 

@@ -80,7 +80,7 @@ impl RtpRxStats {
             }
             prior => {
                 if prior.is_some() {
-                    self.ssrc_changes += 1;
+                    self.ssrc_changes = self.ssrc_changes.saturating_add(1);
                     self.expected_prior += self.expected_current();
                     self.received_prior += self.received;
                 }

@@ -132,25 +132,37 @@ pub fn parse_via(buf: &[u8], span: Span) -> Result<Via, Problem> {
     let mut via = Via { span, transport, host, host_span, port, branch: None, received: None, rport: None, maddr: None };
     // The parameters the proxy acts on must be well-formed (RFC 3261 §20.42, RFC 3581 §3):
     // a branch has a value, `received` is an address, `rport` is empty or a port.
+    // Each of them at most once: with two `received`, a client could keep one we never rewrite.
     let mut problem = None;
+    let mut seen = 0u8;
+    let mut once = |bit: u8, problem: &mut Option<Problem>| {
+        if seen & bit != 0 {
+            problem.get_or_insert("branch, received, rport or maddr given twice");
+        }
+        seen |= bit;
+    };
     parse_params(&mut c, |name, value| {
         let n = name.of(buf);
         if n.eq_ignore_ascii_case(b"branch") {
+            once(1, &mut problem);
             if value.is_none_or(|v| v.is_empty()) {
                 problem.get_or_insert("branch without a value");
             }
             via.branch = value;
         } else if n.eq_ignore_ascii_case(b"received") {
+            once(2, &mut problem);
             if !value.is_some_and(|v| is_ip_literal(v.of(buf))) {
                 problem.get_or_insert("received is not an IP address");
             }
             via.received = value;
         } else if n.eq_ignore_ascii_case(b"rport") {
+            once(4, &mut problem);
             if value.is_some_and(|v| uri::parse_port(v.of(buf)).is_err()) {
                 problem.get_or_insert("rport is not a port number");
             }
             via.rport = Some(Span::new(name.start as usize, value.map_or(name.end, |v| v.end) as usize));
         } else if n.eq_ignore_ascii_case(b"maddr") {
+            once(8, &mut problem);
             via.maddr = value;
         }
     })?;
@@ -432,6 +444,8 @@ mod tests {
             ("SIP/2.0/UDP h;received", "received is not an IP address"),
             ("SIP/2.0/UDP h;rport=abc", "rport is not a port number"),
             ("SIP/2.0/UDP h;rport=70000", "rport is not a port number"),
+            ("SIP/2.0/UDP h;received=192.0.2.1;received=192.0.2.2", "branch, received, rport or maddr given twice"),
+            ("SIP/2.0/UDP h;branch=z9hG4bK1;rport;BRANCH=z9hG4bK2", "branch, received, rport or maddr given twice"),
         ];
         for (v, why) in bad {
             assert_eq!(parse_via(v.as_bytes(), sp(v)).unwrap_err(), why, "{v}");

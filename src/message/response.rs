@@ -182,20 +182,47 @@ pub fn reject(buf: &[u8], err: &MessageError) -> Option<Bytes> {
     Some(out.freeze())
 }
 
-/// True if a To value (name-addr or addr-spec) already has a `tag` parameter: `;tag=` (with
-/// optional whitespace around the name) after the closing `>` if there is one; a `;tag=` inside
-/// `<...>` is a URI parameter.
+/// True if a To value (name-addr or addr-spec) already has a `tag` parameter (with or without
+/// a value: either way, adding a second one would make it worse). The header parameters start
+/// after the `>` that closes the URI — found past a quoted display name, since a `>` may sit in
+/// one — or, for an addr-spec, at its first `;`. Quoted parameter values are skipped.
 fn has_tag_param(value: &[u8]) -> bool {
-    let params = match memchr::memrchr(b'>', value) {
-        Some(i) => &value[i + 1..],
-        None => value,
+    let params = match unquoted(value, 0, b'<') {
+        Some(lt) => match memchr::memchr(b'>', &value[lt..]) {
+            Some(gt) => &value[lt + gt + 1..],
+            None => return false, // unclosed: no parameters
+        },
+        None => unquoted(value, 0, b';').map_or(&b""[..], |p| &value[p..]),
     };
-    let skip_ws = |s: &[u8]| -> usize { s.iter().take_while(|c| matches!(c, b' ' | b'\t')).count() };
-    memchr::memchr_iter(b';', params).any(|i| {
-        let rest = &params[i + 1..];
-        let rest = &rest[skip_ws(rest)..];
-        rest.len() >= 3 && rest[..3].eq_ignore_ascii_case(b"tag") && rest[3 + skip_ws(&rest[3..])..].starts_with(b"=")
-    })
+    let mut from = 0;
+    while let Some(semi) = unquoted(params, from, b';') {
+        let rest = params[semi + 1..].trim_ascii_start();
+        if rest.len() >= 3
+            && rest[..3].eq_ignore_ascii_case(b"tag")
+            && matches!(rest[3..].trim_ascii_start().first(), None | Some(b'=' | b';'))
+        {
+            return true;
+        }
+        from = semi + 1;
+    }
+    false
+}
+
+/// The first `byte` at or after `from` that is not inside a quoted string (quoted-pairs
+/// skipped); `from` must not be inside one.
+fn unquoted(s: &[u8], from: usize, byte: u8) -> Option<usize> {
+    let mut quoted = false;
+    let mut i = from;
+    while i < s.len() {
+        match s[i] {
+            b'\\' if quoted => i += 1,
+            b'"' => quoted = !quoted,
+            c if c == byte && !quoted => return Some(i),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -221,6 +248,26 @@ mod tests {
         let buf = req(&format!("INVITE sip:b@x SIP/2.0\r\n{}\r\nMax-Forwards: 300", OK_HEADERS.replace("<sip:b@x>", "<sip:b@x;tag=u>;tag=9")));
         let a = reject(&buf, &err).unwrap();
         assert_eq!(a.windows(4).filter(|w| w == b"tag=").count(), 3, "From tag, URI param, To tag");
+    }
+
+    #[test]
+    fn to_tag_is_found_where_it_is_and_only_there() {
+        for (to, has) in [
+            ("<sip:b@x>", false),
+            ("<sip:b@x>;tag=1", true),
+            ("<sip:b@x> ; TAG = 1", true),
+            ("<sip:b@x;tag=u>", false),
+            ("sip:b@x;tag=1", true),
+            ("sip:b@x", false),
+            ("\"a>b\" <sip:b@x>;tag=1", true),
+            ("\"a;tag=2\" <sip:b@x>", false),
+            ("<sip:b@x>;x=\"a>b;tag=c\"", false),
+            ("<sip:b@x>;x=\"a>b\";tag=1", true),
+            ("<sip:b@x>;tag", true),
+            ("<sip:b@x>;tagx=1", false),
+        ] {
+            assert_eq!(has_tag_param(to.as_bytes()), has, "{to}");
+        }
     }
 
     #[test]

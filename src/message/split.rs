@@ -133,20 +133,30 @@ pub fn split(buf: Bytes, framing: Framing) -> Result<RawMessage, MessageError> {
     Ok(RawMessage { buf, start, headers, body: Span::new(pos, pos + body_len), content_length })
 }
 
-/// True if `block` holds a CR not followed by LF, or a NUL that is not a quoted-pair (`\` NUL is
-/// legal inside a quoted string, RFC 3261 §25.1; RFC 4475 §3.1.1.2 has one).
+/// True if `block` holds a CR not followed by LF, or a NUL that is not a quoted-pair inside a
+/// quoted string (`"...\<NUL>..."` is legal, RFC 3261 §25.1; RFC 4475 §3.1.1.2 has one).
 /// `crlf` is the number of CRLF line ends in `block`: when the CRs and NULs number exactly that,
-/// there is nothing to look at (one vectorized count instead of a search per line).
+/// there is nothing to look at (SIMD counts instead of a visit per line).
 #[inline]
 fn has_bare_cr_or_nul(block: &[u8], crlf: usize) -> bool {
-    // memchr counts (SIMD) rather than visits each hit.
     if memchr::memchr_iter(b'\r', block).count() == crlf && memchr::memchr(0, block).is_none() {
         return false;
     }
-    memchr::memchr2_iter(b'\r', 0, block).any(|i| match block[i] {
-        0 => i == 0 || block[i - 1] != b'\\',
-        _ => block.get(i + 1) != Some(&b'\n'),
-    })
+    // Rare: one linear pass that knows where quoted strings are (per line, conservatively).
+    let mut in_quotes = false;
+    let mut i = 0;
+    while i < block.len() {
+        match block[i] {
+            b'\r' if block.get(i + 1) != Some(&b'\n') => return true,
+            0 => return true,
+            b'\n' => in_quotes = false,
+            b'"' => in_quotes = !in_quotes,
+            b'\\' if in_quotes && !matches!(block.get(i + 1), Some(b'\r' | b'\n')) => i += 1, // quoted-pair
+            _ => {}
+        }
+        i += 1;
+    }
+    false
 }
 
 fn parse_content_length(v: &[u8]) -> Result<u32, MessageError> {
@@ -214,6 +224,10 @@ mod tests {
         let m = msg("Subject: x\0y\r\n", "");
         assert_eq!(split(m, Framing::Datagram).unwrap_err(), MessageError::ControlCharacter);
         assert!(split(msg("To: \"a\\\0b\" <sip:b@x>\r\n", ""), Framing::Datagram).is_ok(), "quoted-pair NUL");
+        for bad in ["Subject: a\\\0b\r\n", "To: \"a\\\\\0b\" <sip:b@x>\r\n", "To: \"a\" \\\0 <sip:b@x>\r\n"] {
+            // Outside quotes, after an escaped backslash, after the closing quote: not a quoted-pair.
+            assert_eq!(split(msg(bad, ""), Framing::Datagram).unwrap_err(), MessageError::ControlCharacter, "{bad:?}");
+        }
         let m: Bytes = format!("OPTIONS sip:a@example.com\r SIP/2.0\r\n{}", "Content-Length: 0\r\n\r\n").into_bytes().into();
         assert_eq!(split(m, Framing::Datagram).unwrap_err(), MessageError::ControlCharacter);
         // In the body anything goes, and CRLF / bare LF line ends are fine.
@@ -227,7 +241,11 @@ mod tests {
         let frame: Bytes = format!("{HEAD}Subject: x\n\nINVITE sip:b@example.com SIP/2.0\r\nContent-Length: 0\r\n\r\n")
             .into_bytes()
             .into();
-        assert!(matches!(split(frame, Framing::Stream).unwrap_err(), MessageError::BadContentLength(_) | MessageError::MissingContentLength));
+        assert!(matches!(split(frame, Framing::Stream).unwrap_err(), MessageError::MissingContentLength));
+        let frame: Bytes = format!("{HEAD}Content-Length: 0\r\nSubject: x\n\nINVITE sip:b@example.com SIP/2.0\r\nContent-Length: 0\r\n\r\n")
+            .into_bytes()
+            .into();
+        assert_eq!(split(frame, Framing::Stream).unwrap_err(), MessageError::BadContentLength("does not match the stream frame"));
         let mut m = msg("", "abc").to_vec();
         m.extend_from_slice(b"xyz");
         assert!(matches!(split(m.clone().into(), Framing::Stream).unwrap_err(), MessageError::BadContentLength(_)));

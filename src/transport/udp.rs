@@ -13,8 +13,24 @@ use tokio::net::UdpSocket;
 /// Largest UDP payload; one more byte of buffer tells "exactly at the limit" from "over".
 const RECV_BUFFER: usize = 65536;
 
+/// How much larger than the datagram it answers an answer on UDP may be. The source address of
+/// a datagram is unproven, so a larger ratio would make the SIP port an amplifier for spoofed
+/// traffic. Our largest ratios: STUN's IPv6 answer to a bare 20-byte Binding request (2.8×) and
+/// a 200 to a minimal compact OPTIONS (2.05×, see the test below). An invalid request's 400 is
+/// held to 2× (`Core::on_invalid`).
+pub const MAX_UDP_AMPLIFICATION: usize = 3;
+
 /// What to do with one datagram. Sans-IO, so it is unit-testable and fuzzable.
 pub fn handle_datagram(core: &Core, data: &[u8], from: Inbound, max_message: usize) -> Option<Outbound> {
+    let out = answer_datagram(core, data, from, max_message)?;
+    if out.bytes.len() > MAX_UDP_AMPLIFICATION * data.len() {
+        core.metrics.inc("dropped", "answer_larger_than_request");
+        return None;
+    }
+    Some(out)
+}
+
+fn answer_datagram(core: &Core, data: &[u8], from: Inbound, max_message: usize) -> Option<Outbound> {
     if data.is_empty() {
         return None;
     }
@@ -66,6 +82,34 @@ pub async fn serve(sock: Arc<UdpSocket>, local: SocketAddr, core: Arc<Core>, max
                 tracing::debug!(%local, dest = %out.dest, error = %e, "udp send failed");
                 core.metrics.inc("udp", "send_error");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+
+    #[test]
+    fn answers_to_minimal_requests_stay_within_the_amplification_bound() {
+        let core = Core::new(&Config::embedded(), Arc::new(Metrics::default()));
+        let from = Inbound { transport: TransportKind::Udp, local: "[::1]:5060".parse().unwrap(), remote: "[2001:db8::1]:4000".parse().unwrap() };
+        let minimal: &[&[u8]] = &[
+            // The smallest OPTIONS to us that validates, compact headers: answered 200.
+            b"OPTIONS sip:localhost SIP/2.0\r\nv:SIP/2.0/UDP a;branch=z9hG4bKa;rport\r\nf:<sip:a@b>;tag=1\r\nt:<sip:localhost>\r\ni:c\r\nCSeq:1 OPTIONS\r\n\r\n",
+            // The same to a foreign domain: 403.
+            b"OPTIONS sip:x@y SIP/2.0\r\nv:SIP/2.0/UDP a;branch=z9hG4bKa;rport\r\nf:<sip:a@b>;tag=1\r\nt:<sip:x@y>\r\ni:c\r\nCSeq:1 OPTIONS\r\n\r\n",
+            // A bare STUN Binding request from an IPv6 client.
+            &[0, 1, 0, 0, 0x21, 0x12, 0xA4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+        ];
+        for req in minimal {
+            let out = answer_datagram(&core, req, from, 65535).expect("answered");
+            let ratio = out.bytes.len() as f64 / req.len() as f64;
+            eprintln!("{} -> {} bytes ({ratio:.2}x)", req.len(), out.bytes.len());
+            assert!(out.bytes.len() <= MAX_UDP_AMPLIFICATION * req.len(), "ratio {ratio:.2} for {:?}", String::from_utf8_lossy(req));
+            assert!(handle_datagram(&core, req, from, 65535).is_some());
         }
     }
 }

@@ -60,19 +60,24 @@ impl EventSink {
         EventSink { tx, fd, pending: false, dropped }
     }
 
-    pub(crate) fn send(&mut self, e: Event) {
-        // A full queue means the proxy stopped draining it: the event is dropped and counted
-        // (the relay never blocks on its consumer, nor grows without bound). A dropped receiver
-        // means nobody listens; the relay keeps relaying.
+    /// Queues an event; false if the queue was full. A full queue means the proxy stopped
+    /// draining it: the event is dropped and counted (the relay never blocks on its consumer,
+    /// nor grows without bound); a media timeout is raised again on the next tick. A dropped
+    /// receiver means nobody listens; the relay keeps relaying.
+    pub(crate) fn send(&mut self, e: Event) -> bool {
         match self.tx.try_send(e) {
-            Ok(()) => self.pending = true,
+            Ok(()) => {
+                self.pending = true;
+                true
+            }
             Err(TrySendError::Full(_)) => {
                 if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
                     tracing::warn!("relay event queue full: events are dropped (counted) until it is drained");
                 }
                 self.pending = true;
+                false
             }
-            Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Disconnected(_)) => true,
         }
     }
 
@@ -307,7 +312,7 @@ impl Core {
         let id = live.id;
         let events = &mut self.events;
         let route = live.session.on_packet(leg, socket, src, pkt, now_ns, &self.rules, &mut |e| {
-            events.send(public_event(id, e))
+            events.send(public_event(id, e));
         });
         match route {
             Route::Forward { leg: out, socket, dst } => {
