@@ -2,7 +2,8 @@
 //! and the coverage-guided libFuzzer target (`fuzz/`), so both check the same things:
 //! nothing panics; an unedited message serializes to the bytes it was parsed from; a request
 //! stamped with received/rport parses again with the stamp; a refused message gets a clean
-//! response (never for a response or an ACK; no NUL, no bare CR/LF) or is dropped; the datagram handler, the STUN responder and the stream framer take anything.
+//! response (never for a response or an ACK; no NUL, no bare CR/LF) or is dropped; the datagram
+//! handler, the STUN responder and the stream framer take anything.
 
 use crate::config::{Config, TransportKind};
 use crate::core::Core;

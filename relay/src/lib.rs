@@ -37,6 +37,9 @@ pub use sys::pin_current_thread;
 pub use libc as __libc;
 
 use engine::{Command, Core, EventSink, LegSockets, WorkerParts};
+use ports::PortPool;
+use session::{LegOptions, Rules};
+use sys::SocketOptions;
 
 /// Events that may wait for the proxy to drain them (a few per call; a proxy that stops
 /// draining loses events, counted by [`Relay::events_dropped`], rather than the relay's memory;
@@ -46,9 +49,6 @@ pub const EVENT_QUEUE: usize = 4096;
 
 /// Highest RTP clock rate a leg may declare.
 pub const MAX_CLOCK_RATE: u32 = 192_000;
-use ports::PortPool;
-use session::{LegOptions, Rules};
-use sys::SocketOptions;
 
 /// Which engine to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -259,6 +259,17 @@ struct Control {
 }
 
 impl Control {
+    /// Removes a session's record and puts its ports into quarantine.
+    fn forget(&mut self, id: u64, now: Instant) -> Option<Record> {
+        let rec = self.sessions.remove(&id)?;
+        for (family, port) in rec.ports {
+            if let Some(p) = self.pool(family) {
+                p.release(port, now);
+            }
+        }
+        Some(rec)
+    }
+
     fn pool(&mut self, f: Family) -> Option<&mut PortPool> {
         match f {
             Family::V4 => self.v4.as_mut(),
@@ -361,7 +372,7 @@ impl Relay {
     /// Probes and picks the engine, starts its threads. Returns the handle and the event stream.
     pub fn start(cfg: RelayConfig) -> Result<(Relay, EventStream), Error> {
         for (name, (lo, hi)) in [("ports_v4", cfg.ports_v4), ("ports_v6", cfg.ports_v6)] {
-            if PortPool::new(lo, hi, Duration::ZERO).capacity() == 0 {
+            if PortPool::pairs_in(lo, hi) == 0 {
                 return Err(Error::Config(format!("{name}: range {lo}..={hi} holds no even/odd pair")));
             }
         }
@@ -543,14 +554,7 @@ impl Relay {
         if let Err(e) = sent {
             // The engine thread is gone (the sockets went down with the command): forget the
             // session and give its ports back rather than leak them.
-            let mut ctl = self.control.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(rec) = ctl.sessions.remove(&id) {
-                for (family, port) in rec.ports {
-                    if let Some(p) = ctl.pool(family) {
-                        p.release(port, now);
-                    }
-                }
-            }
+            self.control.lock().unwrap_or_else(|p| p.into_inner()).forget(id, now);
             return Err(e);
         }
         Ok(SessionInfo { id: SessionId(id), legs })
@@ -571,15 +575,8 @@ impl Relay {
     /// Deletes a session; its ports go into quarantine, its final stats arrive as
     /// [`Event::Closed`].
     pub fn delete_session(&self, id: SessionId) -> Result<(), Error> {
-        let now = Instant::now();
-        let mut ctl = self.control.lock().unwrap_or_else(|p| p.into_inner());
-        let rec = ctl.sessions.remove(&id.0).ok_or(Error::NoSuchSession(id))?;
-        for (family, port) in rec.ports {
-            if let Some(p) = ctl.pool(family) {
-                p.release(port, now);
-            }
-        }
-        drop(ctl);
+        let rec = self.control.lock().unwrap_or_else(|p| p.into_inner()).forget(id.0, Instant::now());
+        let rec = rec.ok_or(Error::NoSuchSession(id))?;
         self.workers[rec.worker].send(Command::Delete { id: id.0 })
     }
 

@@ -17,18 +17,24 @@ pub struct PortPool {
     capacity: usize,
 }
 
+/// The even RTP ports of `first..=last` whose odd RTCP port is inside the range too.
+fn pairs(first: u16, last: u16) -> impl Iterator<Item = u16> {
+    let start = u32::from(first) + u32::from(first) % 2;
+    (start..u32::from(last)).step_by(2).filter(|p| *p != 0).map(|p| p as u16)
+}
+
 impl PortPool {
     /// Builds the pool from an inclusive range. The first port is rounded up to even, and a pair
     /// is only included if its odd RTCP port is inside the range too.
     pub fn new(first: u16, last: u16, quarantine: Duration) -> PortPool {
-        let start = u32::from(first) + u32::from(first) % 2;
-        let free: VecDeque<u16> = (start..u32::from(last))
-            .step_by(2)
-            .filter(|p| *p < u32::from(last) && *p != 0)
-            .map(|p| p as u16)
-            .collect();
+        let free: VecDeque<u16> = pairs(first, last).collect();
         let capacity = free.len();
         PortPool { free, quarantined: VecDeque::new(), quarantine, capacity }
+    }
+
+    /// Number of RTP/RTCP pairs an inclusive range holds (for validating a config).
+    pub fn pairs_in(first: u16, last: u16) -> usize {
+        pairs(first, last).count()
     }
 
     /// Number of RTP/RTCP pairs the range holds.

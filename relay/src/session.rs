@@ -20,10 +20,11 @@
 //!   once the old source has stopped. [`Session::set_peer`] with a *different* SDP address clears
 //!   the latch (the same address again, e.g. a session refresh or hold, keeps it).
 //! * **RTCP follows RTP**: on an rtcp-mux leg RTCP is accepted only from the RTP party (one
-//!   5-tuple; RTCP may make the first latch but only RTP re-latches); on a leg with a separate RTCP port, once RTP has latched, RTCP may latch or
-//!   re-latch only from the RTP party's IP address. RTCP is sparse (one packet every few
-//!   seconds), so its own channel is "silent" most of the time and would otherwise be easy to
-//!   take over mid-call.
+//!   5-tuple; RTCP may make the first latch but only RTP re-latches); on a leg with a separate
+//!   RTCP port, once RTP has latched, RTCP is accepted, latched and re-latched only from the RTP
+//!   party's IP address, and an RTCP latch on another IP is dropped when RTP (re)latches. RTCP
+//!   is sparse (one packet every few seconds), so its own channel is "silent" most of the time
+//!   and would otherwise be easy to take over mid-call.
 //! * **Latch scope**: with `latch_from = Some(ip)`, latching and re-latching accept only sources
 //!   with that IP address (any port). The proxy sets it to the address the leg's signaling came
 //!   from (a NATed phone's public address, RFC 3581 `received`), so a stranger who guesses a
@@ -143,8 +144,8 @@ impl Leg {
         match channel {
             Channel::Rtp => self.peers[0].current(),
             Channel::Rtcp if self.opts.rtcp_mux => self.peers[0].current(),
-            // An RTCP latch counts only while it is on the RTP party's IP (RTCP follows RTP).
-            Channel::Rtcp => self.peers[1].latched.filter(|r| self.peers[0].latched.is_none_or(|p| p.ip() == r.ip())).or_else(|| {
+            // `on_packet` keeps an RTCP latch on the RTP party's IP (RTCP follows RTP).
+            Channel::Rtcp => self.peers[1].latched.or_else(|| {
                 self.peers[0].latched.map(|mut a| {
                     a.set_port(a.port().wrapping_add(1));
                     a

@@ -70,13 +70,9 @@ impl Core {
         tracing::debug!(remote = %from.remote, error = %err, "refused message");
         self.metrics.inc("invalid", err.label());
         match crate::message::response::reject(buf, err) {
-            // On UDP the source address is unproven: an answer much larger than what arrived
-            // would make us an amplifier for spoofed junk. A real request is larger than its 400
-            // (which copies only five of its headers); one built to be tiny is not answered.
-            Some(bytes) if from.transport == TransportKind::Udp && bytes.len() > 2 * buf.len() => {
-                self.metrics.inc("dropped", "answer_larger_than_request");
-                None
-            }
+            // A real request is larger than its 400 (which copies only five of its headers);
+            // one built to be tiny is not answered.
+            Some(bytes) if self.would_amplify(&from, bytes.len(), buf.len(), 2) => None,
             Some(bytes) => {
                 self.metrics.inc("responses", status_label(err.status()));
                 Some(Outbound { dest: from.remote, bytes })
@@ -86,6 +82,17 @@ impl Core {
                 None
             }
         }
+    }
+
+    /// Whether an answer of `answer_len` bytes to a `request_len`-byte message must not be sent:
+    /// on UDP the source address is unproven, so an answer more than `factor` times larger would
+    /// make us an amplifier for spoofed traffic. Counted when it is refused.
+    pub fn would_amplify(&self, from: &Inbound, answer_len: usize, request_len: usize, factor: usize) -> bool {
+        let refused = from.transport == TransportKind::Udp && answer_len > factor * request_len;
+        if refused {
+            self.metrics.inc("dropped", "answer_larger_than_request");
+        }
+        refused
     }
 
     /// The answer to a request: status, reason and extra headers; `None` for no answer at all.

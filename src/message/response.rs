@@ -5,6 +5,7 @@
 //! Must never: answer a response, or answer when the headers a response needs are missing (such
 //! bytes are dropped and counted by the caller).
 
+use super::scan::Cursor;
 use super::{HeaderName, Message, MessageError, Span};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::hash::{Hash, Hasher};
@@ -83,11 +84,18 @@ fn status_line(out: &mut BytesMut, code: u16, reason: &str) {
 /// A To tag that is the same for retransmissions of one request, so stateless answers stay
 /// consistent (RFC 3261 §8.2.6.2, §16.11).
 fn stable_tag(req: &Message) -> String {
+    to_tag((
+        req.slice(req.call_id),
+        req.from.tag.map(|t| req.slice(t)),
+        req.top_via().branch.map(|t| req.slice(t)),
+        req.cseq.seq,
+    ))
+}
+
+/// Our To tags: a hash of what identifies the request, so a retransmission gets the same one.
+fn to_tag(identity: impl Hash) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    req.slice(req.call_id).hash(&mut h);
-    req.from.tag.map(|t| req.slice(t)).hash(&mut h);
-    req.top_via().branch.map(|t| req.slice(t)).hash(&mut h);
-    req.cseq.seq.hash(&mut h);
+    identity.hash(&mut h);
     format!("sg{:012x}", h.finish() & 0xffff_ffff_ffff)
 }
 
@@ -172,9 +180,8 @@ pub fn reject(buf: &[u8], err: &MessageError) -> Option<Bytes> {
         if label == "To" && !has_tag_param(value) {
             // A final response carries a To tag (RFC 3261 §8.2.6.2); the same for every
             // retransmission of the request.
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            (call_id, cseq, vias.first().map(|v| v.of(buf))).hash(&mut h);
-            out.put_slice(format!(";tag=sg{:012x}", h.finish() & 0xffff_ffff_ffff).as_bytes());
+            out.put_slice(b";tag=");
+            out.put_slice(to_tag((call_id, cseq, vias.first().map(|v| v.of(buf)))).as_bytes());
         }
         out.put_slice(b"\r\n");
     }
@@ -183,46 +190,24 @@ pub fn reject(buf: &[u8], err: &MessageError) -> Option<Bytes> {
 }
 
 /// True if a To value (name-addr or addr-spec) already has a `tag` parameter (with or without
-/// a value: either way, adding a second one would make it worse). The header parameters start
-/// after the `>` that closes the URI — found past a quoted display name, since a `>` may sit in
-/// one — or, for an addr-spec, at its first `;`. Quoted parameter values are skipped.
+/// a value: either way, adding a second one would make it worse). Header parameters are the
+/// `;`-separated items outside quoted strings and outside the `<URI>`.
 fn has_tag_param(value: &[u8]) -> bool {
-    let params = match unquoted(value, 0, b'<') {
-        Some(lt) => match memchr::memchr(b'>', &value[lt..]) {
-            Some(gt) => &value[lt + gt + 1..],
-            None => return false, // unclosed: no parameters
-        },
-        None => unquoted(value, 0, b';').map_or(&b""[..], |p| &value[p..]),
-    };
-    let mut from = 0;
-    while let Some(semi) = unquoted(params, from, b';') {
-        let rest = params[semi + 1..].trim_ascii_start();
+    let mut c = Cursor::new(value, Span::new(0, value.len()));
+    loop {
+        c.pos = c.find_top_level(b';');
+        if c.at_end() {
+            return false;
+        }
+        c.pos += 1;
+        let rest = value[c.pos..].trim_ascii_start();
         if rest.len() >= 3
             && rest[..3].eq_ignore_ascii_case(b"tag")
             && matches!(rest[3..].trim_ascii_start().first(), None | Some(b'=' | b';'))
         {
             return true;
         }
-        from = semi + 1;
     }
-    false
-}
-
-/// The first `byte` at or after `from` that is not inside a quoted string (quoted-pairs
-/// skipped); `from` must not be inside one.
-fn unquoted(s: &[u8], from: usize, byte: u8) -> Option<usize> {
-    let mut quoted = false;
-    let mut i = from;
-    while i < s.len() {
-        match s[i] {
-            b'\\' if quoted => i += 1,
-            b'"' => quoted = !quoted,
-            c if c == byte && !quoted => return Some(i),
-            _ => {}
-        }
-        i += 1;
-    }
-    None
 }
 
 #[cfg(test)]

@@ -3,8 +3,9 @@
 //! in, the response bytes out.
 //!
 //! Answers Binding requests with XOR-MAPPED-ADDRESS (IPv4 and IPv6), checks a request's
-//! FINGERPRINT (a mismatch is dropped) and adds one to the answer when the request carried one, and answers 420 with UNKNOWN-ATTRIBUTES for comprehension-required
-//! attributes it does not know. Must never: answer anything but a well-formed Binding request.
+//! FINGERPRINT (a mismatch is dropped) and adds one to the answer when the request carried one,
+//! and answers 420 with UNKNOWN-ATTRIBUTES for comprehension-required attributes it does not
+//! know. Must never: answer anything but a well-formed Binding request.
 
 use std::net::{IpAddr, SocketAddr};
 

@@ -23,11 +23,7 @@ pub const MAX_UDP_AMPLIFICATION: usize = 3;
 /// What to do with one datagram. Sans-IO, so it is unit-testable and fuzzable.
 pub fn handle_datagram(core: &Core, data: &[u8], from: Inbound, max_message: usize) -> Option<Outbound> {
     let out = answer_datagram(core, data, from, max_message)?;
-    if out.bytes.len() > MAX_UDP_AMPLIFICATION * data.len() {
-        core.metrics.inc("dropped", "answer_larger_than_request");
-        return None;
-    }
-    Some(out)
+    (!core.would_amplify(&from, out.bytes.len(), data.len(), MAX_UDP_AMPLIFICATION)).then_some(out)
 }
 
 fn answer_datagram(core: &Core, data: &[u8], from: Inbound, max_message: usize) -> Option<Outbound> {
