@@ -4,10 +4,15 @@
 //! STUN), [`message`] (parse + validate + edit SIP messages), [`core`] (what to do with a
 //! validated message), [`metrics`] (counters).
 
+pub mod auth;
 pub mod config;
+pub mod driver;
+pub mod engine;
 pub mod message;
 pub mod core;
 pub mod metrics;
+pub mod routing;
+pub mod transaction;
 pub mod transport;
 pub mod server;
 

@@ -3,10 +3,16 @@
 
 use crate::config::{Config, TransportKind};
 use crate::core::Core;
+use crate::engine::{Engine, EngineParams, Stats};
 use crate::metrics::Metrics;
+use crate::routing::dns::Resolver;
 use crate::transport::{socket, tcp, udp};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+/// Validated messages queued for the engine; past this the transports shed load (counted).
+const ENGINE_QUEUE: usize = 16_384;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -19,6 +25,8 @@ pub struct Server {
     pub core: Arc<Core>,
     pub tcp_table: Arc<tcp::ConnectionTable>,
     pub bound: Vec<(TransportKind, SocketAddr)>,
+    /// The engine's counters, refreshed by the driver about once a second.
+    pub engine_stats: Arc<Mutex<Stats>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -30,6 +38,8 @@ impl Server {
         let tcp_table = Arc::new(tcp::ConnectionTable::default());
         let mut tasks = Vec::new();
         let mut bound = Vec::new();
+        let (to_engine, messages) = tokio::sync::mpsc::channel(ENGINE_QUEUE);
+        let mut udp_sockets = HashMap::new();
         for (index, l) in cfg.listen.iter().enumerate() {
             let err = |source| StartError::Bind { index, transport: l.transport, addr: l.addr, source };
             match l.transport {
@@ -39,7 +49,9 @@ impl Server {
                     let local = sock.local_addr().map_err(err)?;
                     tracing::info!(%local, "listening on udp");
                     bound.push((l.transport, local));
-                    tasks.push(tokio::spawn(udp::serve(Arc::new(sock), local, core.clone(), cfg.limits.max_message_bytes)));
+                    let sock = Arc::new(sock);
+                    udp_sockets.insert(local, sock.clone());
+                    tasks.push(tokio::spawn(udp::serve(sock, local, core.clone(), cfg.limits.max_message_bytes, to_engine.clone())));
                 }
                 TransportKind::Tcp => {
                     let lst = socket::tcp_listener(l.addr).map_err(err)?;
@@ -47,11 +59,36 @@ impl Server {
                     let local = lst.local_addr().map_err(err)?;
                     tracing::info!(%local, "listening on tcp");
                     bound.push((l.transport, local));
-                    tasks.push(tokio::spawn(tcp::serve(lst, local, core.clone(), tcp_table.clone(), cfg.limits.clone())));
+                    tasks.push(tokio::spawn(tcp::serve(lst, local, core.clone(), tcp_table.clone(), cfg.limits.clone(), to_engine.clone())));
                 }
             }
         }
-        Ok(Server { core, tcp_table, bound, tasks })
+        // The engine sees the ports actually bound (port 0 in a config means "any").
+        let mut cfg = cfg.clone();
+        for (l, (_, addr)) in cfg.listen.iter_mut().zip(&bound) {
+            l.addr = *addr;
+        }
+        let resolver = match Resolver::new(&cfg.dns.servers) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "no DNS resolver: carriers must be given as IP addresses");
+                None
+            }
+        };
+        let (seed, nonce_key) = random_seed();
+        let engine = Engine::new(&cfg, EngineParams { seed, nonce_key });
+        let engine_stats = Arc::new(Mutex::new(Stats::default()));
+        let io = crate::driver::Io {
+            udp: udp_sockets,
+            tcp_table: tcp_table.clone(),
+            core: core.clone(),
+            limits: cfg.limits.clone(),
+            resolver,
+            to_engine,
+            stats: engine_stats.clone(),
+        };
+        tasks.push(tokio::spawn(crate::driver::run(engine, messages, io)));
+        Ok(Server { core, tcp_table, bound, engine_stats, tasks })
     }
 
     pub fn shutdown(self) {
@@ -59,6 +96,25 @@ impl Server {
             t.abort();
         }
     }
+}
+
+/// A seed for branches and tags and a key for nonces, from the OS (falling back to the
+/// process's hash randomness and the time if /dev/urandom cannot be read).
+fn random_seed() -> (u64, [u8; 32]) {
+    use std::io::Read;
+    let mut key = [0u8; 40];
+    let ok = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut key)).is_ok();
+    if !ok {
+        use std::hash::{BuildHasher, Hasher};
+        for chunk in key.chunks_mut(8) {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+            chunk.copy_from_slice(&h.finish().to_le_bytes()[..chunk.len()]);
+        }
+    }
+    let mut nonce_key = [0u8; 32];
+    nonce_key.copy_from_slice(&key[8..]);
+    (u64::from_le_bytes(key[..8].try_into().unwrap_or([0; 8])), nonce_key)
 }
 
 /// Waits for SIGINT or SIGTERM.

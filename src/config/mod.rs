@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
 use toml::{Table, Value};
 
 /// The documented example config, which is also what runs when no file is given.
@@ -45,6 +46,205 @@ pub struct Limits {
     pub tcp_idle_timeout_secs: u64,
     /// A TCP message that has begun must be complete within this many seconds (slowloris).
     pub tcp_message_timeout_secs: u64,
+    /// Server transactions held at once; past it new requests get 503.
+    pub max_transactions: usize,
+    /// Dialogs held at once; past it new INVITEs get 503.
+    pub max_dialogs: usize,
+    /// A dialog without in-dialog traffic for this long is forgotten.
+    pub dialog_idle_secs: u64,
+    /// New INVITEs per second per source (IPv4 address or IPv6 /64), and the burst above it.
+    pub invite_rate_per_source: u32,
+    pub invite_burst_per_source: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_message_bytes: 65535,
+            max_tcp_connections: 10000,
+            max_tcp_connections_per_source: 64,
+            tcp_idle_timeout_secs: 600,
+            tcp_message_timeout_secs: 30,
+            max_transactions: 200_000,
+            max_dialogs: 100_000,
+            dialog_idle_secs: 14_400,
+            invite_rate_per_source: 50,
+            invite_burst_per_source: 100,
+        }
+    }
+}
+
+/// RFC 3261 §17 timer bases.
+#[derive(Clone, Debug)]
+pub struct Timers {
+    pub t1: Duration,
+    pub t2: Duration,
+    pub t4: Duration,
+    /// Timer C of a proxy's INVITE branches (RFC 3261 §16.6 step 11).
+    pub timer_c: Duration,
+}
+
+impl Default for Timers {
+    fn default() -> Timers {
+        Timers { t1: Duration::from_millis(500), t2: Duration::from_secs(4), t4: Duration::from_secs(5), timer_c: Duration::from_secs(181) }
+    }
+}
+
+/// How the digest `uri` parameter must relate to the Request-URI (RFC 7616 §3.4.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DigestUriCheck {
+    /// Same scheme, user, host and port as the Request-URI.
+    Strict,
+    /// Not compared (the response hash still covers it).
+    Lenient,
+}
+
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    pub realm: String,
+    pub nonce_lifetime_secs: u64,
+    pub digest_uri: DigestUriCheck,
+}
+
+#[derive(Clone, Debug)]
+pub struct RoutingConfig {
+    /// Digits only, may be empty (numbers are then matched as dialled).
+    pub country_code: String,
+    pub national_prefix: String,
+    pub international_prefix: String,
+    pub max_branches: usize,
+}
+
+/// A user's secret: the password, or only MD5's HA1 (then SHA-256 challenges cannot be answered).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Secret {
+    Password(String),
+    Ha1Md5(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub username: String,
+    pub secret: Secret,
+    pub numbers: Vec<String>,
+    pub aliases: Vec<String>,
+    pub contacts: Vec<TargetUri>,
+}
+
+/// How a carrier wants the called number written in its Request-URI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NumberFormat {
+    /// `+442071234567`
+    E164,
+    /// `442071234567`
+    E164NoPlus,
+    /// `02071234567` (national prefix + national number; other countries keep `+`)
+    National,
+}
+
+#[derive(Clone, Debug)]
+pub struct Carrier {
+    pub name: String,
+    pub uri: TargetUri,
+    pub prefixes: Vec<String>,
+    pub priority: u32,
+    pub weight: u32,
+    pub source_cidrs: Vec<Cidr>,
+    /// Username and password answering the carrier's 401/407.
+    pub credentials: Option<(String, String)>,
+    pub number_format: NumberFormat,
+    pub probe_interval_secs: u64,
+}
+
+/// An address block (`192.0.2.0/28`, `2001:db8::/48`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (a, l) = s.split_once('/').map_or((s, None), |(a, l)| (a, Some(l)));
+        let addr: IpAddr = a.parse().ok()?;
+        let max = if addr.is_ipv6() { 128 } else { 32 };
+        let len = match l {
+            None => max,
+            Some(l) => l.parse::<u8>().ok().filter(|&n| n <= max)?,
+        };
+        Some(Cidr { addr, len })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        // An IPv4-mapped IPv6 source is its IPv4 address.
+        let ip = match ip {
+            IpAddr::V6(a) => a.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = if self.len == 0 { 0 } else { u32::MAX << (32 - u32::from(self.len)) };
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = if self.len == 0 { 0 } else { u128::MAX << (128 - u32::from(self.len)) };
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A SIP URI from the config (a static contact, a carrier), held as owned text with what
+/// routing needs of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetUri {
+    pub text: String,
+    pub user: Option<String>,
+    /// Without brackets.
+    pub host: String,
+    pub ip: Option<IpAddr>,
+    pub port: Option<u16>,
+    /// The `;transport=` parameter, when it names one we speak.
+    pub transport: Option<TransportKind>,
+    pub secure: bool,
+}
+
+impl TargetUri {
+    pub fn parse(s: &str) -> Result<TargetUri, &'static str> {
+        use crate::message::{uri::parse_uri, Host, Scheme, Span};
+        let buf = s.as_bytes();
+        let u = parse_uri(buf, Span::new(0, buf.len()))?;
+        if !u.is_sip() {
+            return Err("must be a sip: or sips: URI");
+        }
+        let host = match u.host.ok_or("missing host")? {
+            Host::V4(a) => a.to_string(),
+            Host::V6(a) => a.to_string(),
+            Host::Name(n) => String::from_utf8_lossy(n.of(buf)).to_ascii_lowercase(),
+        };
+        let transport = match u.param(buf, "transport") {
+            None => None,
+            Some(Some(t)) if t.eq_ignore_ascii_case(b"udp") => Some(TransportKind::Udp),
+            Some(Some(t)) if t.eq_ignore_ascii_case(b"tcp") => Some(TransportKind::Tcp),
+            Some(_) => return Err("transport must be udp or tcp"),
+        };
+        Ok(TargetUri {
+            text: s.to_string(),
+            user: u.user.map(|x| String::from_utf8_lossy(x.of(buf)).into_owned()),
+            host,
+            ip: u.host.and_then(|h| h.ip()),
+            port: u.port,
+            transport,
+            secure: u.scheme == Scheme::Sips,
+        })
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DnsConfig {
+    /// Empty: the system's resolvers.
+    pub servers: Vec<SocketAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -53,6 +253,12 @@ pub struct Config {
     pub listen: Vec<Listen>,
     pub advertise: Advertise,
     pub limits: Limits,
+    pub timers: Timers,
+    pub auth: AuthConfig,
+    pub routing: RoutingConfig,
+    pub users: Vec<User>,
+    pub carriers: Vec<Carrier>,
+    pub dns: DnsConfig,
     pub log_level: String,
 }
 
@@ -194,7 +400,7 @@ impl Reader {
     }
 
     fn config(&mut self, root: &Table) -> Config {
-        self.known_keys(root, "", &["sip", "listen", "advertise", "limits", "log"]);
+        self.known_keys(root, "", &["sip", "listen", "advertise", "limits", "timers", "auth", "routing", "users", "carriers", "dns", "log"]);
 
         let sip_t = self.section(root, "sip");
         if let Some(t) = sip_t {
@@ -259,15 +465,38 @@ impl Reader {
 
         let lim_t = self.section(root, "limits");
         if let Some(t) = lim_t {
-            self.known_keys(t, "limits", &["max_message_bytes", "max_tcp_connections", "max_tcp_connections_per_source", "tcp_idle_timeout_secs", "tcp_message_timeout_secs"]);
+            self.known_keys(
+                t,
+                "limits",
+                &[
+                    "max_message_bytes", "max_tcp_connections", "max_tcp_connections_per_source", "tcp_idle_timeout_secs",
+                    "tcp_message_timeout_secs", "max_transactions", "max_dialogs", "dialog_idle_secs",
+                    "invite_rate_per_source", "invite_burst_per_source",
+                ],
+            );
         }
+        let d = Limits::default();
         let limits = Limits {
-            max_message_bytes: self.int(lim_t, "limits", "max_message_bytes", 1024..=65535).unwrap_or(65535) as usize,
-            max_tcp_connections: self.int(lim_t, "limits", "max_tcp_connections", 1..=1_000_000).unwrap_or(10000) as usize,
-            max_tcp_connections_per_source: self.int(lim_t, "limits", "max_tcp_connections_per_source", 1..=65535).unwrap_or(64) as usize,
-            tcp_idle_timeout_secs: self.int(lim_t, "limits", "tcp_idle_timeout_secs", 10..=86400).unwrap_or(600) as u64,
-            tcp_message_timeout_secs: self.int(lim_t, "limits", "tcp_message_timeout_secs", 1..=600).unwrap_or(30) as u64,
+            max_message_bytes: self.int(lim_t, "limits", "max_message_bytes", 1024..=65535).map_or(d.max_message_bytes, |v| v as usize),
+            max_tcp_connections: self.int(lim_t, "limits", "max_tcp_connections", 1..=1_000_000).map_or(d.max_tcp_connections, |v| v as usize),
+            max_tcp_connections_per_source: self
+                .int(lim_t, "limits", "max_tcp_connections_per_source", 1..=65535)
+                .map_or(d.max_tcp_connections_per_source, |v| v as usize),
+            tcp_idle_timeout_secs: self.int(lim_t, "limits", "tcp_idle_timeout_secs", 10..=86400).map_or(d.tcp_idle_timeout_secs, |v| v as u64),
+            tcp_message_timeout_secs: self.int(lim_t, "limits", "tcp_message_timeout_secs", 1..=600).map_or(d.tcp_message_timeout_secs, |v| v as u64),
+            max_transactions: self.int(lim_t, "limits", "max_transactions", 1..=10_000_000).map_or(d.max_transactions, |v| v as usize),
+            max_dialogs: self.int(lim_t, "limits", "max_dialogs", 1..=10_000_000).map_or(d.max_dialogs, |v| v as usize),
+            dialog_idle_secs: self.int(lim_t, "limits", "dialog_idle_secs", 60..=604_800).map_or(d.dialog_idle_secs, |v| v as u64),
+            invite_rate_per_source: self.int(lim_t, "limits", "invite_rate_per_source", 1..=1_000_000).map_or(d.invite_rate_per_source, |v| v as u32),
+            invite_burst_per_source: self.int(lim_t, "limits", "invite_burst_per_source", 1..=1_000_000).map_or(d.invite_burst_per_source, |v| v as u32),
         };
+
+        let timers = self.timers(root);
+        let auth = self.auth(root, domains.first().cloned().unwrap_or_default());
+        let routing = self.routing(root);
+        let users = self.users(root);
+        let carriers = self.carriers(root);
+        let dns = self.dns(root);
 
         let log_t = self.section(root, "log");
         if let Some(t) = log_t {
@@ -278,7 +507,257 @@ impl Reader {
             self.issue("log.level", "must be one of error, warn, info, debug, trace", Some(&Value::String(log_level.clone())));
         }
 
-        Config { sip: SipConfig { domains, server_header }, listen, advertise, limits, log_level }
+        Config { sip: SipConfig { domains, server_header }, listen, advertise, limits, timers, auth, routing, users, carriers, dns, log_level }
+    }
+
+    fn timers(&mut self, root: &Table) -> Timers {
+        let t = self.section(root, "timers");
+        if let Some(t) = t {
+            self.known_keys(t, "timers", &["t1_ms", "t2_ms", "t4_ms", "timer_c_secs"]);
+        }
+        let d = Timers::default();
+        let ms = |v: i64| Duration::from_millis(v as u64);
+        let timers = Timers {
+            t1: self.int(t, "timers", "t1_ms", 1..=10_000).map_or(d.t1, ms),
+            t2: self.int(t, "timers", "t2_ms", 1..=60_000).map_or(d.t2, ms),
+            t4: self.int(t, "timers", "t4_ms", 1..=60_000).map_or(d.t4, ms),
+            timer_c: self.int(t, "timers", "timer_c_secs", 181..=3600).map_or(d.timer_c, |v| Duration::from_secs(v as u64)),
+        };
+        if timers.t2 < timers.t1 {
+            self.issue("timers.t2_ms", "must not be smaller than timers.t1_ms", Some(&Value::Integer(timers.t2.as_millis() as i64)));
+        }
+        timers
+    }
+
+    fn auth(&mut self, root: &Table, default_realm: String) -> AuthConfig {
+        let t = self.section(root, "auth");
+        if let Some(t) = t {
+            self.known_keys(t, "auth", &["realm", "nonce_lifetime_secs", "digest_uri"]);
+        }
+        let realm = self.string(t, "auth", "realm").unwrap_or(default_realm);
+        if realm.is_empty() || realm.bytes().any(|b| b < b' ' || b == b'"' || b == b'\\' || b >= 0x7f) {
+            self.issue("auth.realm", "must be non-empty printable ASCII without quotes or backslashes", Some(&Value::String(realm.clone())));
+        }
+        let digest_uri = match self.string(t, "auth", "digest_uri").as_deref() {
+            None | Some("strict") => DigestUriCheck::Strict,
+            Some("lenient") => DigestUriCheck::Lenient,
+            Some(other) => {
+                self.issue("auth.digest_uri", "must be \"strict\" or \"lenient\"", Some(&Value::String(other.into())));
+                DigestUriCheck::Strict
+            }
+        };
+        AuthConfig {
+            realm,
+            nonce_lifetime_secs: self.int(t, "auth", "nonce_lifetime_secs", 10..=3600).unwrap_or(300) as u64,
+            digest_uri,
+        }
+    }
+
+    fn routing(&mut self, root: &Table) -> RoutingConfig {
+        let t = self.section(root, "routing");
+        if let Some(t) = t {
+            self.known_keys(t, "routing", &["country_code", "national_prefix", "international_prefix", "max_branches"]);
+        }
+        let digits = |r: &mut Self, key: &str, default: &str| {
+            let v = r.string(t, "routing", key).unwrap_or_else(|| default.into());
+            if !v.bytes().all(|b| b.is_ascii_digit()) || v.len() > 4 {
+                r.issue(&format!("routing.{key}"), "must be up to 4 digits", Some(&Value::String(v.clone())));
+            }
+            v
+        };
+        let country_code = digits(self, "country_code", "");
+        let national_prefix = digits(self, "national_prefix", "0");
+        let international_prefix = digits(self, "international_prefix", "00");
+        RoutingConfig {
+            country_code,
+            national_prefix,
+            international_prefix,
+            max_branches: self.int(t, "routing", "max_branches", 1..=32).unwrap_or(8) as usize,
+        }
+    }
+
+    fn dns(&mut self, root: &Table) -> DnsConfig {
+        let t = self.section(root, "dns");
+        if let Some(t) = t {
+            self.known_keys(t, "dns", &["servers"]);
+        }
+        let mut servers = Vec::new();
+        for (i, s) in self.strings(t, "dns", "servers").into_iter().enumerate() {
+            match s.parse::<SocketAddr>() {
+                Ok(a) => servers.push(a),
+                Err(_) => self.issue(&format!("dns.servers[{i}]"), "must be \"ip:port\" (IPv6 as [addr]:port)", Some(&Value::String(s))),
+            }
+        }
+        DnsConfig { servers }
+    }
+
+    /// An optional array of strings; problems reported per element.
+    fn strings(&mut self, t: Option<&Table>, path: &str, key: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        match t.and_then(|t| t.get(key)) {
+            None => {}
+            Some(Value::Array(a)) => {
+                for (i, v) in a.iter().enumerate() {
+                    match v {
+                        Value::String(s) => out.push(s.clone()),
+                        v => self.issue(&format!("{path}.{key}[{i}]"), "must be a string", Some(v)),
+                    }
+                }
+            }
+            Some(v) => self.issue(&format!("{path}.{key}"), "must be an array of strings", Some(v)),
+        }
+        out
+    }
+
+    /// The tables of an optional `[[key]]` array, each with its path.
+    fn tables<'t>(&mut self, root: &'t Table, key: &str) -> Vec<(String, &'t Table)> {
+        match root.get(key) {
+            None => Vec::new(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| match v {
+                    Value::Table(t) => Some((format!("{key}[{i}]"), t)),
+                    v => {
+                        self.issue(&format!("{key}[{i}]"), "must be a table", Some(v));
+                        None
+                    }
+                })
+                .collect(),
+            Some(v) => {
+                self.issue(key, &format!("must be an array of tables ([[{key}]])"), Some(v));
+                Vec::new()
+            }
+        }
+    }
+
+    fn required_string(&mut self, t: &Table, path: &str, key: &str) -> Option<String> {
+        if !t.contains_key(key) {
+            self.issue(&format!("{path}.{key}"), "missing", None);
+        }
+        self.string(Some(t), path, key)
+    }
+
+    fn users(&mut self, root: &Table) -> Vec<User> {
+        let mut out: Vec<User> = Vec::new();
+        for (path, t) in self.tables(root, "users") {
+            self.known_keys(t, &path, &["username", "password", "ha1", "numbers", "aliases", "contacts"]);
+            let username = self.required_string(t, &path, "username").unwrap_or_default();
+            if !username.is_empty() && !username.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/".contains(&b)) {
+                self.issue(&format!("{path}.username"), "must be a SIP user part (letters, digits, -_.!~*'()&=+$,;?/)", Some(&Value::String(username.clone())));
+            }
+            if out.iter().any(|u| u.username == username) {
+                self.issue(&format!("{path}.username"), "duplicates another user", Some(&Value::String(username.clone())));
+            }
+            let secret = match (self.string(Some(t), &path, "password"), self.string(Some(t), &path, "ha1")) {
+                (Some(p), None) if !p.is_empty() => Secret::Password(p),
+                (None, Some(h)) if h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()) => Secret::Ha1Md5(h.to_ascii_lowercase()),
+                (None, Some(h)) => {
+                    self.issue(&format!("{path}.ha1"), "must be 32 hex digits (MD5 of user:realm:password)", Some(&Value::String(h)));
+                    Secret::Password(String::new())
+                }
+                (Some(_), Some(_)) => {
+                    self.issue(&path, "give password or ha1, not both", None);
+                    Secret::Password(String::new())
+                }
+                _ => {
+                    self.issue(&format!("{path}.password"), "missing: give password or ha1", None);
+                    Secret::Password(String::new())
+                }
+            };
+            let numbers = self.strings(Some(t), &path, "numbers");
+            for (i, n) in numbers.iter().enumerate() {
+                if !is_number(n) {
+                    self.issue(&format!("{path}.numbers[{i}]"), "must be digits with an optional leading +", Some(&Value::String(n.clone())));
+                }
+            }
+            let aliases = self.strings(Some(t), &path, "aliases");
+            let mut contacts = Vec::new();
+            for (i, c) in self.strings(Some(t), &path, "contacts").into_iter().enumerate() {
+                match TargetUri::parse(&c) {
+                    Ok(u) => contacts.push(u),
+                    Err(e) => self.issue(&format!("{path}.contacts[{i}]"), e, Some(&Value::String(c))),
+                }
+            }
+            out.push(User { username, secret, numbers, aliases, contacts });
+        }
+        // A number or alias must lead to one user only.
+        let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for (i, u) in out.iter().enumerate() {
+            for name in u.numbers.iter().chain(&u.aliases).chain(std::iter::once(&u.username)) {
+                if let Some(&j) = seen.get(name) {
+                    if j != i {
+                        let issue = ConfigIssue { path: format!("users[{i}]"), problem: format!("{name:?} also reaches users[{j}]"), got: None };
+                        self.issues.push(issue);
+                    }
+                } else {
+                    seen.insert(name.clone(), i);
+                }
+            }
+        }
+        out
+    }
+
+    fn carriers(&mut self, root: &Table) -> Vec<Carrier> {
+        let mut out: Vec<Carrier> = Vec::new();
+        for (path, t) in self.tables(root, "carriers") {
+            self.known_keys(
+                t,
+                &path,
+                &["name", "uri", "prefixes", "priority", "weight", "source_cidrs", "username", "password", "number_format", "probe_interval_secs"],
+            );
+            let name = self.required_string(t, &path, "name").unwrap_or_default();
+            if out.iter().any(|c| c.name == name) {
+                self.issue(&format!("{path}.name"), "duplicates another carrier", Some(&Value::String(name.clone())));
+            }
+            let uri = match self.required_string(t, &path, "uri") {
+                Some(s) => match TargetUri::parse(&s) {
+                    Ok(u) => Some(u),
+                    Err(e) => {
+                        self.issue(&format!("{path}.uri"), e, Some(&Value::String(s)));
+                        None
+                    }
+                },
+                None => None,
+            };
+            let prefixes = self.strings(Some(t), &path, "prefixes");
+            for (i, p) in prefixes.iter().enumerate() {
+                if !(p == "+" || is_number(p)) {
+                    self.issue(&format!("{path}.prefixes[{i}]"), "must be an E.164 prefix like \"+44\" (\"+\" matches every number)", Some(&Value::String(p.clone())));
+                }
+            }
+            let mut source_cidrs = Vec::new();
+            for (i, c) in self.strings(Some(t), &path, "source_cidrs").into_iter().enumerate() {
+                match Cidr::parse(&c) {
+                    Some(n) => source_cidrs.push(n),
+                    None => self.issue(&format!("{path}.source_cidrs[{i}]"), "must be an address or address/prefix-length", Some(&Value::String(c))),
+                }
+            }
+            let credentials = match (self.string(Some(t), &path, "username"), self.string(Some(t), &path, "password")) {
+                (Some(u), Some(p)) => Some((u, p)),
+                (None, None) => None,
+                _ => {
+                    self.issue(&path, "username and password go together", None);
+                    None
+                }
+            };
+            let number_format = match self.string(Some(t), &path, "number_format").as_deref() {
+                None | Some("e164") => NumberFormat::E164,
+                Some("e164_no_plus") => NumberFormat::E164NoPlus,
+                Some("national") => NumberFormat::National,
+                Some(o) => {
+                    self.issue(&format!("{path}.number_format"), "must be \"e164\", \"e164_no_plus\" or \"national\"", Some(&Value::String(o.into())));
+                    NumberFormat::E164
+                }
+            };
+            let priority = self.int(Some(t), &path, "priority", 0..=65535).unwrap_or(1) as u32;
+            let weight = self.int(Some(t), &path, "weight", 1..=1000).unwrap_or(10) as u32;
+            let probe_interval_secs = self.int(Some(t), &path, "probe_interval_secs", 0..=3600).unwrap_or(30) as u64;
+            if let Some(uri) = uri {
+                out.push(Carrier { name, uri, prefixes, priority, weight, source_cidrs, credentials, number_format, probe_interval_secs });
+            }
+        }
+        out
     }
 
     fn listeners(&mut self, root: &Table) -> Vec<Listen> {
@@ -352,6 +831,12 @@ impl Reader {
         }
         out
     }
+}
+
+/// A telephone number as users and carriers write it: digits with an optional leading `+`.
+pub fn is_number(s: &str) -> bool {
+    let d = s.strip_prefix('+').unwrap_or(s);
+    !d.is_empty() && d.len() <= 20 && d.bytes().all(|b| b.is_ascii_digit())
 }
 
 fn valid_domain(s: &str) -> bool {

@@ -1,24 +1,17 @@
-//! The core: decides what happens to a validated message (RFC 3261 §8.2 UAS checks, §16.3
-//! proxy request validation). For now sixgate answers requests addressed to itself (OPTIONS
-//! pings, RFC 3261 §11) and refuses what it cannot yet serve with the right status; the
-//! registrar and the proxy rooms plug in here as later issues land.
+//! The stateless edge: what the transports answer without asking the engine — refusals of bytes
+//! that failed validation (400 with a reason phrase, 513, 505) and the amplification guard for
+//! every answer on UDP. Validated messages go on to the stateful [`crate::engine`].
 //!
-//! Sans-IO: a message and where it came from go in, an [`Outbound`] (or nothing) comes out.
-//! Must never: answer an ACK or a response, or let a request reach a carrier (none yet).
+//! Sans-IO. Must never: answer an ACK or a response, or answer UDP with more than a bounded
+//! multiple of what arrived (spoofed sources).
 
 use crate::config::{Config, TransportKind};
-use crate::message::{response::ResponseBuilder, HeaderName, Host, Message, MessageError, Method, Scheme};
+use crate::message::MessageError;
 use crate::metrics::Metrics;
-use crate::transport::{self, Inbound};
+use crate::transport::Inbound;
 use bytes::Bytes;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
-
-/// Methods sixgate answers itself today.
-pub const ALLOW: &str = "OPTIONS";
-/// Option tags sixgate supports as a UAS (none yet: outbound and path arrive with the registrar).
-pub const SUPPORTED: &[&str] = &[];
-pub const ACCEPT: &str = "application/sdp";
 
 /// Bytes to send and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,41 +21,12 @@ pub struct Outbound {
 }
 
 pub struct Core {
-    domains: Vec<String>,
-    own_ips: Vec<IpAddr>,
-    server: String,
     pub metrics: Arc<Metrics>,
 }
 
 impl Core {
-    pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Core {
-        let mut own_ips: Vec<IpAddr> = cfg.listen.iter().map(|l| l.addr.ip()).filter(|a| !a.is_unspecified()).collect();
-        own_ips.extend(cfg.advertise.ipv6.map(IpAddr::V6));
-        own_ips.extend(cfg.advertise.ipv4.map(IpAddr::V4));
-        own_ips.sort();
-        own_ips.dedup();
-        Core { domains: cfg.sip.domains.clone(), own_ips, server: cfg.sip.server_header.clone(), metrics }
-    }
-
-    /// A message that passed validation.
-    pub fn on_message(&self, mut msg: Message, from: Inbound) -> Option<Outbound> {
-        if !msg.is_request() {
-            // No client transactions exist yet, so every response is stray (RFC 3261 §18.1.2).
-            self.metrics.inc("dropped", "stray_response");
-            return None;
-        }
-        transport::stamp_received(&mut msg, from.remote);
-        let (code, reason, extra) = self.decide(&msg)?;
-        let dest = transport::response_destination(&msg, from);
-        let mut r = ResponseBuilder::to(&msg, code, reason);
-        for (name, value) in extra {
-            r = r.header(name, value);
-        }
-        if !self.server.is_empty() {
-            r = r.header("Server", &self.server);
-        }
-        self.metrics.inc("responses", status_label(code));
-        Some(Outbound { dest, bytes: r.finish() })
+    pub fn new(_cfg: &Config, metrics: Arc<Metrics>) -> Core {
+        Core { metrics }
     }
 
     /// Bytes that failed validation: answered when a response can be built, otherwise dropped.
@@ -95,78 +59,6 @@ impl Core {
         refused
     }
 
-    /// The answer to a request: status, reason and extra headers; `None` for no answer at all.
-    fn decide(&self, msg: &Message) -> Option<Answer> {
-        let method = msg.method()?;
-        if method == Method::Ack {
-            self.metrics.inc("dropped", "ack_without_transaction");
-            return None;
-        }
-        let uri = msg.request_uri()?;
-        if !matches!(uri.scheme, Scheme::Sip | Scheme::Sips | Scheme::Tel) {
-            return Some((416, "Unsupported URI Scheme", vec![]));
-        }
-        // RFC 3261 §16.3 step 6: Proxy-Require names extensions the proxy must support; none are.
-        let unsupported = self.unsupported_tags(msg, HeaderName::ProxyRequire);
-        if !unsupported.is_empty() {
-            return Some((420, "Bad Extension", vec![("Unsupported", unsupported.join(", "))]));
-        }
-        let for_us = self.addressed_to_us(msg) || (msg.max_forwards == Some(0) && method == Method::Options);
-        if msg.max_forwards == Some(0) && !for_us {
-            return Some((483, "Too Many Hops", vec![]));
-        }
-        if !for_us {
-            // No routing yet: an edge never relays for domains it does not serve.
-            return Some(if self.in_our_domain(msg) { (404, "Not Found", vec![]) } else { (403, "Relaying Denied", vec![]) });
-        }
-        let unsupported = self.unsupported_tags(msg, HeaderName::Require);
-        if !unsupported.is_empty() && method != Method::Cancel {
-            return Some((420, "Bad Extension", vec![("Unsupported", unsupported.join(", "))]));
-        }
-        Some(match method {
-            Method::Options => (
-                200,
-                "OK",
-                vec![("Allow", ALLOW.into()), ("Supported", SUPPORTED.join(", ")), ("Accept", ACCEPT.into())],
-            ),
-            Method::Cancel | Method::Bye => (481, "Call/Transaction Does Not Exist", vec![]),
-            Method::Extension => (501, "Not Implemented", vec![("Allow", ALLOW.into())]),
-            _ => (405, "Method Not Allowed", vec![("Allow", ALLOW.into())]),
-        })
-    }
-
-    fn unsupported_tags(&self, msg: &Message, name: HeaderName) -> Vec<String> {
-        let mut out = Vec::new();
-        for h in msg.headers_named(name) {
-            for tag in msg.slice(h.value).split(|&b| b == b',') {
-                let t = tag.trim_ascii();
-                if !t.is_empty() && !SUPPORTED.iter().any(|s| s.as_bytes().eq_ignore_ascii_case(t)) {
-                    out.push(String::from_utf8_lossy(t).into_owned());
-                }
-            }
-        }
-        out
-    }
-
-    fn host_is_ours(&self, msg: &Message, host: Host) -> bool {
-        match host {
-            Host::Name(s) => {
-                let name = msg.slice(s);
-                self.domains.iter().any(|d| d.as_bytes().eq_ignore_ascii_case(name))
-            }
-            Host::V4(a) => self.own_ips.contains(&IpAddr::V4(a)) || self.domains.iter().any(|d| d == &a.to_string()),
-            Host::V6(a) => self.own_ips.contains(&IpAddr::V6(a)) || self.domains.iter().any(|d| d.parse() == Ok(IpAddr::V6(a))),
-        }
-    }
-
-    fn in_our_domain(&self, msg: &Message) -> bool {
-        msg.request_uri().and_then(|u| u.host).is_some_and(|h| self.host_is_ours(msg, h))
-    }
-
-    /// RFC 3261 §16.4-ish: a Request-URI of one of our domains/addresses with no user part.
-    fn addressed_to_us(&self, msg: &Message) -> bool {
-        msg.request_uri().is_some_and(|u| u.is_sip() && u.user.is_none() && u.host.is_some_and(|h| self.host_is_ours(msg, h)))
-    }
 }
 
 fn status_label(code: u16) -> &'static str {
@@ -187,13 +79,11 @@ fn status_label(code: u16) -> &'static str {
     }
 }
 
-/// Status code, reason phrase and extra headers of an answer the core decided on.
-type Answer = (u16, &'static str, Vec<(&'static str, String)>);
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{parse, Framing};
+    use crate::message::parse;
+    use crate::message::Framing;
 
     fn core() -> Core {
         Core::new(&Config::embedded(), Arc::new(Metrics::default()))
@@ -203,48 +93,11 @@ mod tests {
         Inbound { transport: TransportKind::Udp, local: "[::1]:5060".parse().unwrap(), remote: "[::1]:40000".parse().unwrap() }
     }
 
-    fn answer(text: &str) -> Option<String> {
-        let m = parse(Bytes::copy_from_slice(text.as_bytes()), Framing::Datagram).unwrap();
-        core().on_message(m, inbound()).map(|o| String::from_utf8(o.bytes.to_vec()).unwrap())
-    }
-
     fn request(method: &str, ruri: &str, extra: &str) -> String {
         format!(
             "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP [::1]:40000;branch=z9hG4bK1;rport\r\nMax-Forwards: 70\r\n\
              From: <sip:a@localhost>;tag=1\r\nTo: <{ruri}>\r\nCall-ID: c1\r\nCSeq: 1 {method}\r\n{extra}Content-Length: 0\r\n\r\n"
         )
-    }
-
-    #[test]
-    fn options_to_the_proxy_itself() {
-        let a = answer(&request("OPTIONS", "sip:localhost", "")).unwrap();
-        assert!(a.starts_with("SIP/2.0 200 OK\r\n"), "{a}");
-        assert!(a.contains("\r\nAllow: OPTIONS\r\n") && a.contains("\r\nAccept: application/sdp\r\n"));
-        assert!(a.contains("Via: SIP/2.0/UDP [::1]:40000;branch=z9hG4bK1;rport=40000;received=::1\r\n"), "{a}");
-        assert!(a.contains("To: <sip:localhost>;tag=sg"), "{a}");
-        let a = answer(&request("OPTIONS", "sip:[::1]:5060", "")).unwrap();
-        assert!(a.starts_with("SIP/2.0 200 OK\r\n"), "{a}");
-    }
-
-    #[test]
-    fn refusals_carry_the_right_status() {
-        let cases = [
-            (request("OPTIONS", "sip:bob@example.net", ""), "403"),
-            (request("OPTIONS", "sip:bob@localhost", ""), "404"),
-            (request("OPTIONS", "sip:localhost", "Proxy-Require: foo\r\n"), "420"),
-            (request("OPTIONS", "sip:localhost", "Require: foo\r\n"), "420"),
-            (request("OPTIONS", "nobodyknowsthisscheme:x", ""), "416"),
-            (request("REGISTER", "sip:localhost", ""), "405"),
-            (request("BYE", "sip:localhost", ""), "481"),
-            (request("FOO", "sip:localhost", ""), "501"),
-            (request("INVITE", "sip:bob@example.net", "").replace("Max-Forwards: 70", "Max-Forwards: 0"), "483"),
-            (request("OPTIONS", "sip:bob@example.net", "").replace("Max-Forwards: 70", "Max-Forwards: 0"), "200"),
-        ];
-        for (req, code) in cases {
-            let a = answer(&req).unwrap();
-            assert!(a.starts_with(&format!("SIP/2.0 {code} ")), "want {code} for\n{req}\ngot\n{a}");
-        }
-        assert_eq!(answer(&request("ACK", "sip:localhost", "")), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use super::framing::{Frame, FrameError, StreamFramer};
 use super::{Inbound, PONG};
 use crate::config::{Limits, TransportKind};
 use crate::core::Core;
-use crate::message::{parse, Framing, MessageError};
+use crate::message::{parse, Framing, Message, MessageError};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -103,7 +103,14 @@ impl ConnectionTable {
 }
 
 /// Accepts connections until the task is dropped.
-pub async fn serve(listener: TcpListener, local: SocketAddr, core: Arc<Core>, table: Arc<ConnectionTable>, limits: Limits) {
+pub async fn serve(
+    listener: TcpListener,
+    local: SocketAddr,
+    core: Arc<Core>,
+    table: Arc<ConnectionTable>,
+    limits: Limits,
+    engine: mpsc::Sender<(Message, Inbound)>,
+) {
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(x) => x,
@@ -122,17 +129,71 @@ pub async fn serve(listener: TcpListener, local: SocketAddr, core: Arc<Core>, ta
             drop(stream);
             continue;
         }
-        let _ = stream.set_nodelay(true);
         let from = Inbound { transport: TransportKind::Tcp, local, remote };
-        let (core, table, limits) = (core.clone(), table.clone(), limits.clone());
-        tokio::spawn(async move {
-            let mut writer = connection(stream, from, core, tx, rx, &limits).await;
-            table.remove(remote); // drops the last sender: the writer flushes what is queued and ends
-            if tokio::time::timeout(FLUSH_GRACE, &mut writer).await.is_err() {
-                writer.abort(); // a peer that does not read: its socket closes with the task
-            }
-        });
+        spawn_connection(stream, from, core.clone(), table.clone(), limits.clone(), engine.clone(), tx, rx);
     }
+}
+
+/// Runs an admitted connection until it ends, then takes it out of the table.
+#[allow(clippy::too_many_arguments)]
+fn spawn_connection(
+    stream: TcpStream,
+    from: Inbound,
+    core: Arc<Core>,
+    table: Arc<ConnectionTable>,
+    limits: Limits,
+    engine: mpsc::Sender<(Message, Inbound)>,
+    tx: mpsc::Sender<Bytes>,
+    rx: mpsc::Receiver<Bytes>,
+) {
+    let _ = stream.set_nodelay(true);
+    tokio::spawn(async move {
+        let mut writer = connection(stream, from, core, tx, rx, &limits, engine).await;
+        table.remove(from.remote); // drops the last sender: the writer flushes what is queued and ends
+        if tokio::time::timeout(FLUSH_GRACE, &mut writer).await.is_err() {
+            writer.abort(); // a peer that does not read: its socket closes with the task
+        }
+    });
+}
+
+/// How long an outbound connection may take to establish.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens a connection from our listener `local` (its address, any port) to `remote`, sends
+/// `first` on it and serves it like an accepted one (responses and later requests reuse it).
+/// Returns false when it could not be opened or admitted.
+pub async fn connect(
+    local: SocketAddr,
+    remote: SocketAddr,
+    first: Bytes,
+    core: Arc<Core>,
+    table: Arc<ConnectionTable>,
+    limits: Limits,
+    engine: mpsc::Sender<(Message, Inbound)>,
+) -> bool {
+    let sock = match if remote.is_ipv6() { tokio::net::TcpSocket::new_v6() } else { tokio::net::TcpSocket::new_v4() } {
+        Ok(s) => s,
+        Err(_) => return false,
+    };
+    if !local.ip().is_unspecified() && sock.bind(SocketAddr::new(local.ip(), 0)).is_err() {
+        return false;
+    }
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(remote)).await {
+        Ok(Ok(s)) => s,
+        _ => {
+            core.metrics.inc("tcp", "connect_failed");
+            return false;
+        }
+    };
+    let (tx, rx) = mpsc::channel::<Bytes>(SEND_QUEUE);
+    if table.admit(remote, tx.clone(), &limits).is_err() {
+        // Another flow to the same remote won the race: use it.
+        return table.send(remote, first);
+    }
+    let _ = tx.try_send(first);
+    let from = Inbound { transport: TransportKind::Tcp, local, remote };
+    spawn_connection(stream, from, core, table, limits, engine, tx, rx);
+    true
 }
 
 async fn connection(
@@ -142,6 +203,7 @@ async fn connection(
     tx: mpsc::Sender<Bytes>,
     mut rx: mpsc::Receiver<Bytes>,
     limits: &Limits,
+    engine: mpsc::Sender<(Message, Inbound)>,
 ) -> tokio::task::JoinHandle<()> {
     let (rd, mut wr) = stream.into_split();
     let writer = tokio::spawn(async move {
@@ -197,7 +259,12 @@ async fn connection(
                 Ok(Some(Frame::Message(bytes))) => {
                     framed = true;
                     let reply = match parse(bytes.clone(), Framing::Stream) {
-                        Ok(msg) => core.on_message(msg, from),
+                        Ok(msg) => {
+                            if engine.try_send((msg, from)).is_err() {
+                                core.metrics.inc("dropped", "engine_queue_full");
+                            }
+                            None
+                        }
                         Err(e) => core.on_invalid(&bytes, &e, from),
                     };
                     if let Some(out) = reply {
@@ -240,6 +307,7 @@ mod tests {
             max_tcp_connections_per_source: per_source,
             tcp_idle_timeout_secs: 600,
             tcp_message_timeout_secs: 30,
+            ..Limits::default()
         }
     }
 

@@ -1,0 +1,715 @@
+//! The engine: the one owner of all SIP state (transactions, proxy contexts, dialogs, carrier
+//! health, DNS cache, rate limits). Sans-IO, shaped after quinn-proto and str0m: the driver
+//! feeds [`Input`]s with the time, drains [`Output`]s until none is left, and sleeps until
+//! [`Engine::poll_timeout`]. Branches, tags and nonce keys come from a seeded generator, so a
+//! simulation with the same seed replays exactly.
+//!
+//! Layout: this file has the I/O surface, the tables and the timer index; [`proxy`] decides and
+//! forwards (RFC 3261 §16); [`edit`] changes messages; [`dialog`] holds calls.
+//! Must never: read the clock, lock, sleep, touch a socket or resolver, or panic on input.
+
+pub mod dialog;
+pub mod edit;
+mod proxy;
+#[cfg(test)]
+mod tests;
+
+use crate::auth::Nonces;
+use crate::config::{Config, TransportKind};
+use crate::message::{response::ResponseBuilder, Message};
+use crate::routing::dns::{DnsError, Query, Resolution};
+use crate::routing::Router;
+use crate::transaction::{ClientKey, ClientTxn, ServerKey, ServerTxn, Timing};
+use crate::transport::Inbound;
+use bytes::Bytes;
+use dialog::{Dialog, DialogKey};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+pub use proxy::ProxyCtx;
+
+/// Everything the engine is told.
+#[derive(Debug)]
+pub enum Input {
+    /// A validated message from a transport.
+    Received { msg: Message, from: Inbound },
+    /// The answer to an [`Output::Resolve`].
+    Resolved { id: u64, result: Result<Resolution, DnsError> },
+    /// A transmit that carried `client` could not be sent (no route, connection refused, no
+    /// TCP flow): the client transaction fails as with a 503 (RFC 3261 §16.7 step 6 / §8.1.3.1).
+    SendFailed { client: u64 },
+}
+
+/// Bytes to send: over which transport, from which of our sockets, to where. `client` names the
+/// client transaction to fail if the bytes cannot be sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub transport: TransportKind,
+    pub local: SocketAddr,
+    pub dest: SocketAddr,
+    pub bytes: Bytes,
+    pub client: Option<u64>,
+}
+
+/// Something the operator (logs, metrics, ctl) should hear about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    CallAnswered { call_id: String, user: Option<String>, carrier: Option<String>, crosses_family: bool },
+    CallEnded { call_id: String, reason: &'static str },
+    CarrierUp { name: String },
+    CarrierDown { name: String },
+    Refused { status: u16, reason: &'static str, source: SocketAddr },
+}
+
+/// Everything the engine asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    Transmit(Transmit),
+    /// Resolve a host (RFC 3263); answer with [`Input::Resolved`] carrying `id`.
+    Resolve { id: u64, query: Query },
+    Event(Event),
+}
+
+/// Counters the engine keeps as plain fields; the driver exports them.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub requests_received: u64,
+    pub responses_received: u64,
+    pub requests_forwarded: u64,
+    pub responses_forwarded: u64,
+    pub retransmissions_absorbed: u64,
+    pub retransmissions_sent: u64,
+    pub stray_responses: u64,
+    pub stray_acks: u64,
+    pub challenges: u64,
+    pub auth_failures: u64,
+    pub rate_limited: u64,
+    pub transaction_timeouts: u64,
+    pub send_failures: u64,
+    pub calls_answered: u64,
+    /// Responses we generated, by status code.
+    pub generated: BTreeMap<u16, u64>,
+}
+
+/// What a timer in the index belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum TimerRef {
+    Server(u64),
+    Client(u64),
+    Dialog(u64),
+    /// The OPTIONS probe of a carrier.
+    Probe(usize),
+    /// Pruning of rate-limit buckets and the DNS cache.
+    Housekeeping,
+}
+
+/// Where a server transaction's responses go (RFC 3261 §18.2.2).
+#[derive(Clone, Copy, Debug)]
+struct Reply {
+    transport: TransportKind,
+    local: SocketAddr,
+    dest: SocketAddr,
+}
+
+struct ServerEntry {
+    txn: ServerTxn,
+    key: ServerKey,
+    request: Message,
+    from: Inbound,
+    reply: Reply,
+    ctx: Option<u64>,
+}
+
+/// Who is waiting for a client transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ClientOwner {
+    /// Branch `branch` of proxy context `ctx`.
+    Branch { ctx: u64, branch: usize },
+    /// The OPTIONS probe of carrier `carrier`.
+    Probe { carrier: usize },
+    /// A CANCEL we sent; nobody needs its answer.
+    Cancel,
+}
+
+struct ClientEntry {
+    txn: ClientTxn,
+    key: ClientKey,
+    /// The request as sent (parsed again, so ACK/CANCEL can be built from it).
+    request: Message,
+    hop: Hop,
+    owner: ClientOwner,
+    /// The ACK we sent for a non-2xx answer, sent again for each retransmission of it.
+    ack: Option<Bytes>,
+    /// Timer C (INVITE branches of a proxy).
+    timer_c: Option<Instant>,
+}
+
+impl ClientEntry {
+    fn deadline(&self) -> Option<Instant> {
+        match (self.txn.deadline(), self.timer_c) {
+            (Some(a), Some(c)) if self.txn.is_pending() => Some(a.min(c)),
+            (None, Some(c)) if self.txn.is_pending() => Some(c),
+            (a, _) => a,
+        }
+    }
+}
+
+/// A next hop: transport, our socket, destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hop {
+    pub transport: TransportKind,
+    pub local: SocketAddr,
+    pub dest: SocketAddr,
+}
+
+/// A token bucket of new INVITEs for one source.
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// A DNS answer kept for its TTL.
+struct Cached {
+    resolution: Resolution,
+    until: Instant,
+}
+
+/// SplitMix64: small, seeded, good enough for branches, tags and weighted draws (not secrets:
+/// the nonce key is given by the driver from the OS).
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// What the engine needs to start: the config, a seed, and a key for nonces.
+pub struct EngineParams {
+    pub seed: u64,
+    pub nonce_key: [u8; 32],
+}
+
+pub struct Engine {
+    timing: Timing,
+    timer_c: Duration,
+    listeners: Vec<(TransportKind, SocketAddr)>,
+    advertise_v6: Option<IpAddr>,
+    advertise_v4: Option<IpAddr>,
+    own_ips: Vec<IpAddr>,
+    domains: Vec<String>,
+    server_header: String,
+    limits: crate::config::Limits,
+    auth: crate::config::AuthConfig,
+    max_branches: usize,
+    router: Router,
+    nonces: Nonces,
+    /// The first instant the engine saw: nonce timestamps count seconds from it.
+    epoch: Option<Instant>,
+    rng: Rng,
+    next_id: u64,
+
+    servers: HashMap<u64, ServerEntry>,
+    server_index: HashMap<ServerKey, u64>,
+    clients: HashMap<u64, ClientEntry>,
+    client_index: HashMap<ClientKey, u64>,
+    contexts: HashMap<u64, ProxyCtx>,
+    dialogs: HashMap<u64, Dialog>,
+    dialog_index: HashMap<DialogKey, u64>,
+    /// Pending DNS lookups: id -> the query (results are cached) and who waits.
+    lookups: HashMap<u64, (Query, proxy::LookupWaiter)>,
+    dns_cache: HashMap<Query, Cached>,
+    buckets: HashMap<IpAddr, Bucket>,
+
+    timers: BTreeSet<(Instant, TimerRef)>,
+    scheduled: HashMap<TimerRef, Instant>,
+    out: VecDeque<Output>,
+    pub stats: Stats,
+}
+
+/// The most rate-limit buckets kept; past it the oldest idle ones are pruned at once.
+const MAX_BUCKETS: usize = 100_000;
+const HOUSEKEEPING: Duration = Duration::from_secs(10);
+
+impl Engine {
+    pub fn new(cfg: &Config, params: EngineParams) -> Engine {
+        let mut own_ips: Vec<IpAddr> = cfg.listen.iter().map(|l| l.addr.ip()).filter(|a| !a.is_unspecified()).collect();
+        own_ips.extend(cfg.advertise.ipv6.map(IpAddr::V6));
+        own_ips.extend(cfg.advertise.ipv4.map(IpAddr::V4));
+        own_ips.sort();
+        own_ips.dedup();
+        Engine {
+            timing: Timing::from(&cfg.timers),
+            timer_c: cfg.timers.timer_c,
+            listeners: cfg.listen.iter().map(|l| (l.transport, l.addr)).collect(),
+            advertise_v6: cfg.advertise.ipv6.map(IpAddr::V6),
+            advertise_v4: cfg.advertise.ipv4.map(IpAddr::V4),
+            own_ips,
+            domains: cfg.sip.domains.clone(),
+            server_header: cfg.sip.server_header.clone(),
+            limits: cfg.limits.clone(),
+            auth: cfg.auth.clone(),
+            max_branches: cfg.routing.max_branches,
+            router: Router::new(cfg),
+            nonces: Nonces::new(params.nonce_key, cfg.auth.nonce_lifetime_secs),
+            epoch: None,
+            rng: Rng::new(params.seed),
+            next_id: 1,
+            servers: HashMap::new(),
+            server_index: HashMap::new(),
+            clients: HashMap::new(),
+            client_index: HashMap::new(),
+            contexts: HashMap::new(),
+            dialogs: HashMap::new(),
+            dialog_index: HashMap::new(),
+            lookups: HashMap::new(),
+            dns_cache: HashMap::new(),
+            buckets: HashMap::new(),
+            timers: BTreeSet::new(),
+            scheduled: HashMap::new(),
+            out: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Starts the periodic work (carrier probes, housekeeping). Call once with the start time.
+    pub fn start(&mut self, now: Instant) {
+        self.epoch.get_or_insert(now);
+        let probed: Vec<usize> = self.router.carriers().iter().enumerate().filter(|(_, c)| c.probe_interval_secs > 0).map(|(i, _)| i).collect();
+        for i in probed {
+            {
+                // Spread the first probes a little so carriers are not probed in one burst.
+                let jitter = Duration::from_millis(self.rng.next_u64() % 1000);
+                self.schedule(TimerRef::Probe(i), Some(now + jitter));
+            }
+        }
+        self.schedule(TimerRef::Housekeeping, Some(now + HOUSEKEEPING));
+    }
+
+    /// Feeds one input. Outputs queue up for [`Engine::poll_output`].
+    pub fn handle(&mut self, now: Instant, input: Input) {
+        self.epoch.get_or_insert(now);
+        match input {
+            Input::Received { msg, from } => {
+                if msg.is_request() {
+                    self.stats.requests_received += 1;
+                    self.on_request(now, msg, from);
+                } else {
+                    self.stats.responses_received += 1;
+                    self.on_response(now, msg);
+                }
+            }
+            Input::Resolved { id, result } => self.on_resolved(now, id, result),
+            Input::SendFailed { client } => {
+                self.stats.send_failures += 1;
+                self.client_failed(now, client, 503);
+            }
+        }
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When [`Engine::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    /// Fires every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        // Bounded: each firing either removes its entry or moves it into the future.
+        for _ in 0..1_000_000 {
+            let Some(&(at, which)) = self.timers.first() else { return };
+            if at > now {
+                return;
+            }
+            self.timers.remove(&(at, which));
+            self.scheduled.remove(&which);
+            match which {
+                TimerRef::Server(id) => self.server_timer(now, id),
+                TimerRef::Client(id) => self.client_timer(now, id),
+                TimerRef::Dialog(id) => self.dialog_timer(now, id),
+                TimerRef::Probe(i) => self.probe_carrier(now, i),
+                TimerRef::Housekeeping => self.housekeeping(now),
+            }
+        }
+    }
+
+    /// Table sizes: (server transactions, client transactions, proxy contexts, dialogs,
+    /// pending lookups). All zero once every call is over and time has passed.
+    pub fn table_sizes(&self) -> (usize, usize, usize, usize, usize) {
+        (self.servers.len(), self.clients.len(), self.contexts.len(), self.dialogs.len(), self.lookups.len())
+    }
+
+    pub fn dialogs(&self) -> impl Iterator<Item = &Dialog> {
+        self.dialogs.values()
+    }
+
+    pub fn carrier_up(&self, name: &str) -> Option<bool> {
+        self.router.carriers().iter().position(|c| c.name == name).map(|i| self.router.is_up(i))
+    }
+
+    // ----- timer index -----
+
+    fn schedule(&mut self, which: TimerRef, at: Option<Instant>) {
+        if let Some(old) = self.scheduled.remove(&which) {
+            self.timers.remove(&(old, which));
+        }
+        if let Some(at) = at {
+            self.timers.insert((at, which));
+            self.scheduled.insert(which, at);
+        }
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn now_secs(&self, now: Instant) -> u64 {
+        self.epoch.map_or(0, |e| now.saturating_duration_since(e).as_secs())
+    }
+
+    fn transmit(&mut self, hop: Hop, bytes: Bytes, client: Option<u64>) {
+        self.out.push_back(Output::Transmit(Transmit { transport: hop.transport, local: hop.local, dest: hop.dest, bytes, client }));
+    }
+
+    fn event(&mut self, e: Event) {
+        self.out.push_back(Output::Event(e));
+    }
+
+    // ----- server transactions -----
+
+    /// Sends `bytes` (a response with `status`) on server transaction `sid`, if its state
+    /// allows. Removes the transaction when that ends it (reliable non-INVITE).
+    fn send_response(&mut self, now: Instant, sid: u64, status: u16, bytes: Bytes) -> bool {
+        let Some(e) = self.servers.get_mut(&sid) else { return false };
+        if !e.txn.respond(now, status, bytes.clone(), &self.timing) {
+            return false;
+        }
+        let hop = Hop { transport: e.reply.transport, local: e.reply.local, dest: e.reply.dest };
+        self.transmit(hop, bytes, None);
+        self.server_rescheduled(now, sid);
+        true
+    }
+
+    /// Builds and sends our own response to the request of server transaction `sid`.
+    fn answer(&mut self, now: Instant, sid: u64, status: u16, reason: &'static str, headers: &[(&str, String)]) {
+        let Some(e) = self.servers.get(&sid) else { return };
+        let mut r = ResponseBuilder::to(&e.request, status, reason);
+        for (n, v) in headers {
+            r = r.header(n, v);
+        }
+        if !self.server_header.is_empty() {
+            r = r.header("Server", &self.server_header);
+        }
+        if status >= 300 {
+            *self.stats.generated.entry(status).or_insert(0) += 1;
+            let source = e.from.remote;
+            if status != 487 {
+                self.event(Event::Refused { status, reason, source });
+            }
+        }
+        let bytes = r.finish();
+        self.send_response(now, sid, status, bytes);
+    }
+
+    /// After a server transaction changed: re-index its deadline, or drop it when it ended.
+    fn server_rescheduled(&mut self, _now: Instant, sid: u64) {
+        let Some(e) = self.servers.get(&sid) else { return };
+        // A reliable non-INVITE transaction with its final response sent is over at once.
+        let over = e.txn.is_terminated() || e.txn.deadline().is_some_and(|d| d <= _now && e.txn.final_sent() && e.txn.kind == crate::transaction::Kind::NonInvite && e.txn.reliable);
+        if over {
+            self.remove_server(sid);
+        } else {
+            let d = e.txn.deadline();
+            self.schedule(TimerRef::Server(sid), d);
+        }
+    }
+
+    fn remove_server(&mut self, sid: u64) {
+        self.schedule(TimerRef::Server(sid), None);
+        if let Some(e) = self.servers.remove(&sid) {
+            if self.server_index.get(&e.key) == Some(&sid) {
+                self.server_index.remove(&e.key);
+            }
+            if let Some(ctx) = e.ctx {
+                self.server_gone(ctx);
+            }
+        }
+    }
+
+    fn server_timer(&mut self, now: Instant, sid: u64) {
+        use crate::transaction::ServerFired;
+        let Some(e) = self.servers.get_mut(&sid) else { return };
+        match e.txn.on_timer(now, &self.timing) {
+            ServerFired::Resend(bytes) => {
+                let hop = Hop { transport: e.reply.transport, local: e.reply.local, dest: e.reply.dest };
+                self.stats.retransmissions_sent += 1;
+                self.transmit(hop, bytes, None);
+            }
+            ServerFired::AckTimeout => {
+                self.stats.transaction_timeouts += 1;
+                tracing::debug!(sid, "no ACK for our final response (Timer H)");
+            }
+            ServerFired::Done | ServerFired::Nothing => {}
+        }
+        self.server_rescheduled(now, sid);
+    }
+
+    // ----- client transactions -----
+
+    /// Sends `request` (bytes we built, parsed again as `parsed`) to `hop` as a new client
+    /// transaction. Returns its id.
+    fn start_client(&mut self, now: Instant, parsed: Message, bytes: Bytes, hop: Hop, owner: ClientOwner, with_timer_c: bool) -> Option<u64> {
+        let key = ClientKey::of_response(&parsed)?;
+        let kind = if parsed.method() == Some(crate::message::Method::Invite) {
+            crate::transaction::Kind::Invite
+        } else {
+            crate::transaction::Kind::NonInvite
+        };
+        let reliable = hop.transport == TransportKind::Tcp;
+        let txn = ClientTxn::new(kind, reliable, now, &self.timing);
+        let id = self.id();
+        let timer_c = (with_timer_c && kind == crate::transaction::Kind::Invite).then(|| now + self.timer_c);
+        self.client_index.insert(key.clone(), id);
+        self.clients.insert(id, ClientEntry { txn, key, request: parsed, hop, owner, ack: None, timer_c });
+        self.transmit(hop, bytes, Some(id));
+        self.client_rescheduled(id);
+        Some(id)
+    }
+
+    fn client_rescheduled(&mut self, cid: u64) {
+        let Some(e) = self.clients.get(&cid) else { return };
+        if e.txn.is_terminated() {
+            self.schedule(TimerRef::Client(cid), None);
+            if let Some(e) = self.clients.remove(&cid) {
+                if self.client_index.get(&e.key) == Some(&cid) {
+                    self.client_index.remove(&e.key);
+                }
+            }
+        } else {
+            let d = e.deadline();
+            self.schedule(TimerRef::Client(cid), d);
+        }
+    }
+
+    fn client_timer(&mut self, now: Instant, cid: u64) {
+        use crate::transaction::ClientFired;
+        let Some(e) = self.clients.get_mut(&cid) else { return };
+        if e.txn.is_pending() && e.timer_c.is_some_and(|c| now >= c) {
+            e.timer_c = None;
+            self.timer_c_fired(now, cid);
+            self.client_rescheduled(cid);
+            return;
+        }
+        match e.txn.on_timer(now, &self.timing) {
+            ClientFired::Resend => {
+                let hop = e.hop;
+                let bytes = e.request.to_bytes();
+                self.stats.retransmissions_sent += 1;
+                self.transmit(hop, bytes, Some(cid));
+            }
+            ClientFired::Timeout => {
+                self.stats.transaction_timeouts += 1;
+                let owner = e.owner;
+                self.client_rescheduled(cid);
+                self.client_outcome(now, cid, owner, 408, None);
+                return;
+            }
+            ClientFired::Done | ClientFired::Nothing => {}
+        }
+        self.client_rescheduled(cid);
+    }
+
+    /// A client transaction ended without a response (transport error).
+    fn client_failed(&mut self, now: Instant, cid: u64, status: u16) {
+        let Some(e) = self.clients.get_mut(&cid) else { return };
+        if !e.txn.is_pending() {
+            return;
+        }
+        e.txn.terminate();
+        let owner = e.owner;
+        self.client_rescheduled(cid);
+        self.client_outcome(now, cid, owner, status, None);
+    }
+
+    /// A response matched a client transaction (or it timed out: `resp` is `None` with 408/503).
+    fn client_outcome(&mut self, now: Instant, cid: u64, owner: ClientOwner, status: u16, resp: Option<Message>) {
+        match owner {
+            ClientOwner::Branch { ctx, branch } => self.branch_response(now, ctx, branch, cid, status, resp),
+            ClientOwner::Probe { carrier } => {
+                // Any answer, even an error, shows the carrier is alive; only silence marks it down.
+                let up = status != 408 && status != 503 || resp.is_some();
+                if status >= 200 {
+                    self.carrier_health(carrier, up);
+                }
+            }
+            ClientOwner::Cancel => {}
+        }
+    }
+
+    fn carrier_health(&mut self, carrier: usize, up: bool) {
+        if self.router.set_up(carrier, up) {
+            let name = self.router.carriers()[carrier].name.clone();
+            tracing::info!(carrier = %name, up, "carrier health changed");
+            self.event(if up { Event::CarrierUp { name } } else { Event::CarrierDown { name } });
+        }
+    }
+
+    fn on_response(&mut self, now: Instant, msg: Message) {
+        use crate::transaction::ClientReceived;
+        let Some(status) = msg.status() else { return };
+        let Some(key) = ClientKey::of_response(&msg) else {
+            self.stats.stray_responses += 1;
+            return;
+        };
+        let Some(&cid) = self.client_index.get(&key) else {
+            self.stats.stray_responses += 1;
+            tracing::debug!(status, "response matches no transaction: dropped");
+            return;
+        };
+        let Some(e) = self.clients.get_mut(&cid) else { return };
+        let was_pending = e.txn.is_pending();
+        match e.txn.on_response(now, status, &self.timing) {
+            ClientReceived::Absorbed => {
+                self.stats.retransmissions_absorbed += 1;
+                if let Some(ack) = e.ack.clone() {
+                    let hop = e.hop;
+                    self.transmit(hop, ack, None);
+                }
+                return;
+            }
+            ClientReceived::PassUp => {}
+        }
+        // A non-2xx final answer to an INVITE is acknowledged hop by hop (§17.1.1.3).
+        let mut ack_out = None;
+        if was_pending && status >= 300 && e.txn.kind == crate::transaction::Kind::Invite {
+            let ack = edit::ack_for(&e.request, &msg);
+            e.ack = Some(ack.clone());
+            ack_out = Some((e.hop, ack));
+        }
+        if status >= 200 {
+            e.timer_c = None;
+        } else if e.timer_c.is_some() && status > 100 {
+            // §16.7 step 2: a provisional answer restarts Timer C.
+            e.timer_c = Some(now + self.timer_c);
+        }
+        let owner = e.owner;
+        if let Some((hop, ack)) = ack_out {
+            self.transmit(hop, ack, None);
+        }
+        self.client_rescheduled(cid);
+        // Only the first final response (and, for INVITE, every 2xx) reaches the owner.
+        if was_pending || (200..300).contains(&status) {
+            self.client_outcome(now, cid, owner, status, Some(msg));
+        }
+    }
+
+    // ----- dialogs -----
+
+    fn dialog_timer(&mut self, now: Instant, did: u64) {
+        let Some(d) = self.dialogs.get(&did) else { return };
+        let idle_until = d.last_activity + Duration::from_secs(self.limits.dialog_idle_secs);
+        if now >= idle_until {
+            self.remove_dialog(did, "idle timeout");
+        } else {
+            self.schedule(TimerRef::Dialog(did), Some(idle_until));
+        }
+    }
+
+    fn remove_dialog(&mut self, did: u64, reason: &'static str) {
+        self.schedule(TimerRef::Dialog(did), None);
+        if let Some(d) = self.dialogs.remove(&did) {
+            for k in DialogKey::both(&d) {
+                if self.dialog_index.get(&k) == Some(&did) {
+                    self.dialog_index.remove(&k);
+                }
+            }
+            self.event(Event::CallEnded { call_id: String::from_utf8_lossy(&d.call_id).into_owned(), reason });
+        }
+    }
+
+    // ----- housekeeping -----
+
+    fn housekeeping(&mut self, now: Instant) {
+        let rate = f64::from(self.limits.invite_rate_per_source);
+        let burst = f64::from(self.limits.invite_burst_per_source);
+        // A bucket that would be full again is the same as no bucket.
+        self.buckets.retain(|_, b| b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * rate < burst);
+        self.dns_cache.retain(|_, c| c.until > now);
+        self.schedule(TimerRef::Housekeeping, Some(now + HOUSEKEEPING));
+    }
+
+    /// Takes one INVITE token for `source`; false when its rate is exceeded.
+    fn take_invite_token(&mut self, now: Instant, source: IpAddr) -> bool {
+        let key = match source {
+            IpAddr::V4(_) => source,
+            IpAddr::V6(a) => IpAddr::V6((u128::from(a) & !u128::from(u64::MAX)).into()),
+        };
+        let rate = f64::from(self.limits.invite_rate_per_source);
+        let burst = f64::from(self.limits.invite_burst_per_source);
+        if self.buckets.len() >= MAX_BUCKETS && !self.buckets.contains_key(&key) {
+            self.housekeeping(now);
+            if self.buckets.len() >= MAX_BUCKETS {
+                return false; // a flood from very many sources: refuse new ones until pruned
+            }
+        }
+        let b = self.buckets.entry(key).or_insert(Bucket { tokens: burst, last: now });
+        b.tokens = (b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * rate).min(burst);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    // ----- DNS -----
+
+    /// A cached answer for `q`, if fresh.
+    fn cached(&self, now: Instant, q: &Query) -> Option<Resolution> {
+        self.dns_cache.get(q).filter(|c| c.until > now).map(|c| c.resolution.clone())
+    }
+
+    fn on_resolved(&mut self, now: Instant, id: u64, result: Result<Resolution, DnsError>) {
+        let Some((query, waiter)) = self.lookups.remove(&id) else { return };
+        if let Ok(r) = &result {
+            let ttl = r.ttl.clamp(Duration::from_secs(1), Duration::from_secs(3600));
+            self.dns_cache.insert(query, Cached { resolution: r.clone(), until: now + ttl });
+        }
+        self.lookup_done(now, waiter, result);
+    }
+
+    /// A hop for `target` from one of our listeners of the same family and transport.
+    fn hop_to(&self, transport: TransportKind, dest: SocketAddr) -> Option<Hop> {
+        let (_, local) = self.listeners.iter().find(|(t, a)| *t == transport && a.is_ipv6() == dest.is_ipv6())?;
+        Some(Hop { transport, local: *local, dest })
+    }
+
+    /// The address we put in Via and Record-Route on the side of `hop`: the advertised address
+    /// of its family and the port of its listener.
+    fn advertised(&self, hop: &Hop) -> String {
+        let ip = if hop.local.is_ipv6() { self.advertise_v6 } else { self.advertise_v4 };
+        let ip = ip.filter(|_| hop.local.ip().is_unspecified()).unwrap_or(hop.local.ip());
+        match ip {
+            IpAddr::V6(a) => format!("[{a}]:{}", hop.local.port()),
+            IpAddr::V4(a) => format!("{a}:{}", hop.local.port()),
+        }
+    }
+
+    fn is_own(&self, ip: IpAddr) -> bool {
+        self.own_ips.contains(&ip)
+    }
+}

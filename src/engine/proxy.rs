@@ -1,0 +1,1124 @@
+//! The proxy core (RFC 3261 §16): request validation, Route processing, the routing decision
+//! with digest authentication, forwarding on one or more branches with Record-Route, response
+//! selection and forwarding, CANCEL, failover between carriers, and carrier digest answers.
+//!
+//! The security rule lives here: a request reaches a carrier only when a local user
+//! authenticated it, or when it belongs to a dialog such a request created.
+
+use super::dialog::{Dialog, DialogKey, Leg};
+use super::edit::{self, Forward};
+use super::{ClientOwner, Engine, Event, Hop, Output, Reply, ServerEntry, TimerRef};
+use crate::auth::{self, Challenge, Verdict};
+use crate::config::{Secret, TargetUri, TransportKind};
+use crate::message::{parse, response::ResponseBuilder, Framing, HeaderName, Host, Message, Method, Scheme, Span};
+use crate::routing::dns::{DnsError, Query, Resolution};
+use crate::routing::Called;
+use crate::transaction::{Kind, ServerKey, ServerState, ServerTxn};
+use crate::transport::{self, Inbound};
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+/// Methods the proxy forwards and answers (OPTIONS to itself).
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, MESSAGE, REFER, NOTIFY, SUBSCRIBE";
+/// Option tags sixgate supports as a UAS (none yet: outbound and path arrive with the registrar).
+pub const SUPPORTED: &[&str] = &[];
+pub const ACCEPT: &str = "application/sdp";
+/// The prefix of every branch we generate; what follows it is the loop-detection hash.
+const BRANCH_PREFIX: &str = "z9hG4bK-sg";
+
+/// Where a branch goes before DNS.
+#[derive(Clone, Debug)]
+pub(super) enum Dest {
+    Hop(Hop),
+    Lookup(Query),
+}
+
+/// One place to try.
+#[derive(Clone, Debug)]
+pub(super) struct Candidate {
+    /// A new Request-URI, or keep the request's.
+    ruri: Option<String>,
+    dest: Dest,
+    carrier: Option<usize>,
+}
+
+#[derive(Debug)]
+struct Branch {
+    client: Option<u64>,
+    candidate: Candidate,
+    hop: Hop,
+    final_status: Option<u16>,
+    provisional: bool,
+    cancel_pending: bool,
+    auth_retried: bool,
+    /// The CSeq number this branch's request carried.
+    cseq: u32,
+}
+
+/// RFC 3261 §16 "response context": one per forwarded request.
+#[derive(Debug)]
+pub struct ProxyCtx {
+    server: u64,
+    request: Message,
+    from: Inbound,
+    is_invite: bool,
+    /// Dialog-creating requests get Record-Route.
+    record_route: bool,
+    pop_routes: usize,
+    pop_last_route: bool,
+    drop_lines: Vec<Span>,
+    branches: Vec<Branch>,
+    serial: VecDeque<Candidate>,
+    /// The best final response so far: status, bytes to send upstream (our Via popped), or
+    /// `None` bytes when we must generate it.
+    best: Option<(u16, Option<Bytes>)>,
+    final_sent: bool,
+    cancelled: bool,
+    lookups_pending: usize,
+    user: Option<String>,
+    carrier_origin: Option<usize>,
+    /// The dialog an in-dialog request belongs to; BYE ends it.
+    dialog: Option<u64>,
+    /// Added to the CSeq of this request on every branch (in-dialog toward a carrier that took
+    /// one CSeq number for its digest round).
+    cseq_offset: u32,
+}
+
+/// Who waits for a DNS lookup.
+#[derive(Debug)]
+pub(super) enum LookupWaiter {
+    Branch { ctx: u64, candidate: Candidate },
+    Probe { carrier: usize },
+}
+
+/// What the proxy decided for a new request.
+enum Decision {
+    Answer(u16, &'static str, Vec<(&'static str, String)>),
+    Forward(Plan),
+}
+
+struct Plan {
+    parallel: Vec<Candidate>,
+    serial: VecDeque<Candidate>,
+    record_route: bool,
+    user: Option<String>,
+    carrier_origin: Option<usize>,
+    dialog: Option<u64>,
+    cseq_offset: u32,
+}
+
+/// Route processing of one request (§16.4): how many of our own Route entries lead it, and
+/// whether a strict router put our URI into the Request-URI.
+struct Routing {
+    pop_routes: usize,
+    pop_last_route: bool,
+    /// The URI to send to when Route entries remain, as (uri text, parsed target).
+    next_route: Option<TargetUri>,
+    /// Strict-router compatibility: the Request-URI to use instead.
+    new_ruri: Option<String>,
+}
+
+fn reason_of(status: u16) -> &'static str {
+    match status {
+        408 => "Request Timeout",
+        480 => "Temporarily Unavailable",
+        487 => "Request Terminated",
+        500 => "Server Internal Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+/// Which final response wins (§16.7 step 6): 6xx, else the lowest class, preferring 401/407
+/// and 415/420/484 within 4xx as they can be fixed by the caller; lower is better.
+fn rank(status: u16) -> (u16, u16) {
+    let class = status / 100;
+    match class {
+        6 => (0, status),
+        4 if matches!(status, 401 | 407 | 415 | 420 | 484) => (4, 0),
+        _ => (class, status),
+    }
+}
+
+impl crate::auth::Credentials for crate::routing::Router {
+    fn secret(&self, username: &str) -> Option<&Secret> {
+        self.user(username).map(|u| &u.secret)
+    }
+}
+
+impl Engine {
+    pub(super) fn on_request(&mut self, now: Instant, mut msg: Message, from: Inbound) {
+        transport::stamp_received(&mut msg, from.remote);
+        let method = msg.method().unwrap_or(Method::Extension);
+        if method == Method::Ack {
+            self.on_ack(now, msg, from);
+            return;
+        }
+        let key = ServerKey::of(&msg);
+        if let Some(&sid) = self.server_index.get(&key) {
+            self.stats.retransmissions_absorbed += 1;
+            if let Some(e) = self.servers.get(&sid) {
+                if let Some(bytes) = e.txn.on_request_retransmission() {
+                    let hop = Hop { transport: e.reply.transport, local: e.reply.local, dest: e.reply.dest };
+                    self.transmit(hop, bytes, None);
+                }
+            }
+            return;
+        }
+        if self.servers.len() >= self.limits.max_transactions {
+            // Stateless: no transaction to hold; the caller retries after a while.
+            let dest = transport::response_destination(&msg, from);
+            let bytes = ResponseBuilder::to(&msg, 503, "Service Unavailable (transaction limit)").header("Retry-After", "5").finish();
+            *self.stats.generated.entry(503).or_insert(0) += 1;
+            self.transmit(Hop { transport: from.transport, local: from.local, dest }, bytes, None);
+            return;
+        }
+        let kind = if method == Method::Invite { Kind::Invite } else { Kind::NonInvite };
+        let reply = Reply { transport: from.transport, local: from.local, dest: transport::response_destination(&msg, from) };
+        let sid = self.id();
+        let txn = ServerTxn::new(kind, from.transport == TransportKind::Tcp);
+        self.server_index.insert(key.clone(), sid);
+        self.servers.insert(sid, ServerEntry { txn, key: key.clone(), request: msg, from, reply, ctx: None });
+        if method == Method::Cancel {
+            self.on_cancel(now, sid, &key);
+            return;
+        }
+        if kind == Kind::Invite {
+            // §16.2 / §17.2.1: 100 Trying at once, so the caller stops retransmitting.
+            self.answer(now, sid, 100, "Trying", &[]);
+        }
+        let req = self.servers[&sid].request.clone();
+        match self.decide(now, &req, from) {
+            Decision::Answer(status, reason, headers) => self.answer(now, sid, status, reason, &headers),
+            Decision::Forward(plan) => self.forward(now, sid, req, from, plan),
+        }
+    }
+
+    /// The routing decision for a new request (§16.3 validation, §16.4 Route processing,
+    /// then local user / carrier / refusal).
+    fn decide(&mut self, now: Instant, req: &Message, from: Inbound) -> Decision {
+        use Decision::Answer;
+        let method = req.method().unwrap_or(Method::Extension);
+        let Some(uri) = req.request_uri() else { return Answer(400, "Bad Request", vec![]) };
+        if !matches!(uri.scheme, Scheme::Sip | Scheme::Sips | Scheme::Tel) {
+            return Answer(416, "Unsupported URI Scheme", vec![]);
+        }
+        // §16.3 step 6: Proxy-Require names extensions the proxy must support; none are.
+        let unsupported = unsupported_tags(req, HeaderName::ProxyRequire);
+        if !unsupported.is_empty() {
+            return Answer(420, "Bad Extension", vec![("Unsupported", unsupported.join(", "))]);
+        }
+        let routing = self.route_processing(req);
+        let for_us = routing.new_ruri.is_none() && routing.next_route.is_none() && self.addressed_to_us(req);
+        if req.max_forwards == Some(0) && !(for_us || method == Method::Options && self.addressed_to_us(req)) {
+            return Answer(483, "Too Many Hops", vec![]);
+        }
+        if self.is_loop(req) {
+            return Answer(482, "Loop Detected", vec![]);
+        }
+        if req.to.tag.is_some() {
+            return self.decide_in_dialog(now, req, routing);
+        }
+        if for_us || (req.max_forwards == Some(0) && method == Method::Options) {
+            return self.answer_for_us(req, method);
+        }
+        if routing.next_route.is_some() {
+            // A preloaded route would let a caller choose where we send: refused out of dialog.
+            return Answer(403, "Forbidden (preloaded Route not allowed)", vec![]);
+        }
+        // The called party: the user part of a sip: URI of our domain, or a tel: number.
+        let buf = req.bytes();
+        let user_part = match uri.scheme {
+            Scheme::Tel => {
+                let s = String::from_utf8_lossy(uri.span.of(buf));
+                s.split_once(':').map(|(_, n)| n.split(';').next().unwrap_or("").to_string()).unwrap_or_default()
+            }
+            _ => {
+                if !uri.host.is_some_and(|h| self.host_is_ours(req, h)) {
+                    return Answer(403, "Relaying Denied", vec![]);
+                }
+                match uri.user {
+                    Some(u) => String::from_utf8_lossy(u.of(buf)).into_owned(),
+                    None => return Answer(404, "Not Found", vec![]),
+                }
+            }
+        };
+
+        // Calls from a carrier's network: trusted, but only towards local users.
+        if let Some(carrier) = self.router.carrier_by_source(from.remote.ip()) {
+            return match self.router.called(&user_part) {
+                Called::User(u) => {
+                    let contacts = u.contacts.clone();
+                    self.plan_user(&contacts, method, None, Some(carrier))
+                }
+                _ => Answer(404, "Not Found", vec![]),
+            };
+        }
+
+        if method == Method::Invite && !self.take_invite_token(now, from.remote.ip()) {
+            self.stats.rate_limited += 1;
+            return Answer(503, "Service Unavailable (rate limit)", vec![("Retry-After", "2".into())]);
+        }
+        let user = match self.authenticate(now, req, from.remote.ip()) {
+            Ok(u) => u,
+            Err(d) => return d,
+        };
+        if method == Method::Invite && self.dialogs.len() >= self.limits.max_dialogs {
+            return Answer(503, "Service Unavailable (call limit)", vec![("Retry-After", "10".into())]);
+        }
+        match self.router.called(&user_part) {
+            Called::User(u) => {
+                let contacts = u.contacts.clone();
+                self.plan_user(&contacts, method, Some(user), None)
+            }
+            Called::Number(number) => {
+                let order = {
+                    let rng = &mut self.rng;
+                    self.router.carriers_for(&number, || rng.next_u64())
+                };
+                if order.is_empty() {
+                    let any = self.router.carriers().iter().any(|c| c.prefixes.iter().any(|p| p == "+" || number.starts_with(p.as_str())));
+                    return if any {
+                        Answer(503, "Service Unavailable (no carrier available)", vec![])
+                    } else {
+                        Answer(404, "Not Found (no route to this number)", vec![])
+                    };
+                }
+                let mut serial: VecDeque<Candidate> = order
+                    .into_iter()
+                    .filter_map(|c| {
+                        let ruri = self.router.carrier_request_uri(c, &number);
+                        let dest = self.dest_of(&self.router.carriers()[c].uri)?;
+                        Some(Candidate { ruri: Some(ruri), dest, carrier: Some(c) })
+                    })
+                    .collect();
+                let Some(first) = serial.pop_front() else {
+                    return Answer(503, "Service Unavailable (no carrier reachable from our listeners)", vec![]);
+                };
+                Decision::Forward(Plan {
+                    parallel: vec![first],
+                    serial,
+                    record_route: record_routes(method),
+                    user: Some(user),
+                    carrier_origin: None,
+                    dialog: None,
+                    cseq_offset: 0,
+                })
+            }
+            Called::Unknown => Answer(404, "Not Found", vec![]),
+        }
+    }
+
+    fn plan_user(&self, contacts: &[TargetUri], method: Method, user: Option<String>, carrier_origin: Option<usize>) -> Decision {
+        let parallel: Vec<Candidate> = contacts
+            .iter()
+            .take(self.max_branches)
+            .filter_map(|c| Some(Candidate { ruri: Some(c.text.clone()), dest: self.dest_of(c)?, carrier: None }))
+            .collect();
+        if parallel.is_empty() {
+            return Decision::Answer(480, "Temporarily Unavailable", vec![]);
+        }
+        if method == Method::Invite && self.dialogs.len() >= self.limits.max_dialogs {
+            return Decision::Answer(503, "Service Unavailable (call limit)", vec![("Retry-After", "10".into())]);
+        }
+        Decision::Forward(Plan { parallel, serial: VecDeque::new(), record_route: record_routes(method), user, carrier_origin, dialog: None, cseq_offset: 0 })
+    }
+
+    /// Checks the caller's digest credentials: the authenticated username, or the answer that
+    /// refuses or challenges the request.
+    fn authenticate(&mut self, now: Instant, req: &Message, source: IpAddr) -> Result<String, Decision> {
+        let realm = self.auth.realm.clone();
+        let now_secs = self.now_secs(now);
+        let mut stale = false;
+        let mut authenticated = None;
+        let ruri = req.request_uri().map(|u| req.slice(u.span)).unwrap_or_default();
+        for h in req.headers_named(HeaderName::ProxyAuthorization) {
+            let verdict = auth::verify(req.slice(h.value), req.method_bytes(), ruri, &realm, self.auth.digest_uri, &self.nonces, now_secs, source, &self.router);
+            match verdict {
+                Verdict::Ok(user) => {
+                    authenticated = Some(user);
+                    break;
+                }
+                Verdict::Stale => stale = true,
+                Verdict::OtherRealm => {}
+                Verdict::Denied(why) => {
+                    self.stats.auth_failures += 1;
+                    tracing::info!(%source, why, "digest credentials refused");
+                    return Err(Decision::Answer(403, "Forbidden (bad credentials)", vec![]));
+                }
+            }
+        }
+        let from_user = self.from_local_user(req);
+        let Some(user) = authenticated else {
+            if from_user.is_none() && !stale {
+                // Neither a carrier nor one of our users: nothing to challenge.
+                return Err(Decision::Answer(403, "Forbidden (not a local user or carrier)", vec![]));
+            }
+            self.stats.challenges += 1;
+            let nonce = self.nonces.issue(now_secs, source);
+            let headers = auth::challenge_headers(&realm, &nonce, stale).into_iter().map(|v| ("Proxy-Authenticate", v)).collect();
+            return Err(Decision::Answer(407, "Proxy Authentication Required", headers));
+        };
+        // The From must name the user who authenticated (no calling as somebody else).
+        if from_user.as_deref().is_some_and(|f| f != user) {
+            self.stats.auth_failures += 1;
+            return Err(Decision::Answer(403, "Forbidden (From does not match the authenticated user)", vec![]));
+        }
+        Ok(user)
+    }
+
+    /// The local user the From header names (user part of a From URI in our domain).
+    fn from_local_user(&self, req: &Message) -> Option<String> {
+        let uri = req.from.uri;
+        let buf = req.bytes();
+        if !uri.is_sip() || !uri.host.is_some_and(|h| self.host_is_ours(req, h)) {
+            return None;
+        }
+        let user = String::from_utf8_lossy(uri.user?.of(buf)).into_owned();
+        match self.router.called(&user) {
+            Called::User(u) => Some(u.username.clone()),
+            _ => None,
+        }
+    }
+
+    /// In-dialog requests (To tag present) follow their route set, but only within a dialog we
+    /// hold: a made-up "in-dialog" request is refused 481 and never reaches a carrier.
+    fn decide_in_dialog(&mut self, now: Instant, req: &Message, routing: Routing) -> Decision {
+        let key = DialogKey {
+            call_id: Bytes::copy_from_slice(req.slice(req.call_id)),
+            local_tag: Bytes::copy_from_slice(req.from.tag.map_or(&[][..], |t| req.slice(t))),
+            remote_tag: Bytes::copy_from_slice(req.to.tag.map_or(&[][..], |t| req.slice(t))),
+        };
+        let Some(&did) = self.dialog_index.get(&key) else {
+            return Decision::Answer(481, "Call/Transaction Does Not Exist", vec![]);
+        };
+        let Some(d) = self.dialogs.get_mut(&did) else { return Decision::Answer(481, "Call/Transaction Does Not Exist", vec![]) };
+        d.last_activity = now;
+        let from_caller = key.local_tag == d.caller_tag;
+        let cseq_offset = if from_caller { d.cseq_offset } else { 0 };
+        let Some(dest) = self.in_dialog_dest(req, &routing) else {
+            return Decision::Answer(416, "Unsupported URI Scheme", vec![]);
+        };
+        Decision::Forward(Plan {
+            parallel: vec![Candidate { ruri: routing.new_ruri.clone(), dest, carrier: None }],
+            serial: VecDeque::new(),
+            record_route: false,
+            user: None,
+            carrier_origin: None,
+            dialog: Some(did),
+            cseq_offset,
+        })
+    }
+
+    /// Where an in-dialog request goes: the first remaining Route, else the Request-URI.
+    fn in_dialog_dest(&self, req: &Message, routing: &Routing) -> Option<Dest> {
+        let target = match (&routing.next_route, &routing.new_ruri) {
+            (Some(r), _) => r.clone(),
+            (None, Some(u)) => TargetUri::parse(u).ok()?,
+            (None, None) => {
+                let u = req.request_uri()?;
+                TargetUri::parse(std::str::from_utf8(req.slice(u.span)).ok()?).ok()?
+            }
+        };
+        self.dest_of(&target)
+    }
+
+    /// §16.4: removes our own Route entries from the top; strict-router compatibility when the
+    /// Request-URI is one of our Record-Route URIs.
+    fn route_processing(&self, req: &Message) -> Routing {
+        let routes = edit::routes(req);
+        let buf = req.bytes();
+        let mut pop = 0;
+        while pop < routes.len() && self.uri_is_ours(req, &routes[pop].addr.uri) {
+            pop += 1;
+        }
+        let mut r = Routing { pop_routes: pop, pop_last_route: false, next_route: None, new_ruri: None };
+        let ruri_ours = req.request_uri().is_some_and(|u| u.user.is_none() && self.uri_is_ours(req, u));
+        if ruri_ours && routes.len() > pop {
+            // The previous hop was a strict router: the real target is the last Route.
+            if let Some(last) = routes.last() {
+                r.new_ruri = Some(String::from_utf8_lossy(last.addr.uri.span.of(buf)).into_owned());
+                r.pop_last_route = true;
+            }
+        }
+        let remaining = routes.len() - pop - usize::from(r.pop_last_route);
+        if remaining > 0 {
+            let top = &routes[pop];
+            r.next_route = std::str::from_utf8(top.addr.uri.span.of(buf)).ok().and_then(|s| TargetUri::parse(s).ok());
+        }
+        r
+    }
+
+    /// A SIP URI naming this proxy: one of our addresses (or domains) at one of our ports.
+    fn uri_is_ours(&self, req: &Message, uri: &crate::message::Uri) -> bool {
+        uri.is_sip()
+            && uri.host.is_some_and(|h| self.host_is_ours(req, h))
+            && uri.port.is_none_or(|p| self.listeners.iter().any(|(_, a)| a.port() == p))
+    }
+
+    pub(super) fn host_is_ours(&self, msg: &Message, host: Host) -> bool {
+        match host {
+            Host::Name(s) => {
+                let name = msg.slice(s);
+                self.domains.iter().any(|d| d.as_bytes().eq_ignore_ascii_case(name))
+            }
+            Host::V4(a) => self.is_own(IpAddr::V4(a)) || self.domains.iter().any(|d| d == &a.to_string()),
+            Host::V6(a) => self.is_own(IpAddr::V6(a)) || self.domains.iter().any(|d| d.parse() == Ok(IpAddr::V6(a))),
+        }
+    }
+
+    /// A Request-URI of one of our domains/addresses with no user part: for the proxy itself.
+    fn addressed_to_us(&self, msg: &Message) -> bool {
+        msg.request_uri().is_some_and(|u| u.is_sip() && u.user.is_none() && u.host.is_some_and(|h| self.host_is_ours(msg, h)))
+    }
+
+    fn answer_for_us(&self, req: &Message, method: Method) -> Decision {
+        let unsupported = unsupported_tags(req, HeaderName::Require);
+        if !unsupported.is_empty() && method != Method::Cancel {
+            return Decision::Answer(420, "Bad Extension", vec![("Unsupported", unsupported.join(", "))]);
+        }
+        match method {
+            Method::Options => Decision::Answer(
+                200,
+                "OK",
+                vec![("Allow", ALLOW.into()), ("Supported", SUPPORTED.join(", ")), ("Accept", ACCEPT.into())],
+            ),
+            Method::Bye => Decision::Answer(481, "Call/Transaction Does Not Exist", vec![]),
+            Method::Extension => Decision::Answer(501, "Not Implemented", vec![("Allow", ALLOW.into())]),
+            _ => Decision::Answer(405, "Method Not Allowed", vec![("Allow", ALLOW.into())]),
+        }
+    }
+
+    /// §16.3 step 4: a request that already passed us with the same loop hash is looping.
+    fn is_loop(&self, req: &Message) -> bool {
+        let mine = format!("{BRANCH_PREFIX}{:016x}-", loop_hash(req));
+        let buf = req.bytes();
+        req.vias.iter().any(|v| {
+            v.host.ip().is_some_and(|ip| self.is_own(ip)) && v.branch.is_some_and(|b| b.of(buf).starts_with(mine.as_bytes()))
+        })
+    }
+
+    /// A destination for a configured or routed URI: a hop for IP literals, a lookup otherwise.
+    pub(super) fn dest_of(&self, t: &TargetUri) -> Option<Dest> {
+        let transport = if t.secure { Some(TransportKind::Tcp) } else { t.transport };
+        match t.ip {
+            Some(ip) => {
+                let port = t.port.unwrap_or(if t.secure { 5061 } else { 5060 });
+                self.hop_to(transport.unwrap_or(TransportKind::Udp), SocketAddr::new(ip, port)).map(Dest::Hop)
+            }
+            None => Some(Dest::Lookup(Query { host: t.host.clone(), port: t.port, transport: t.transport, secure: t.secure })),
+        }
+    }
+
+    // ----- forwarding -----
+
+    fn forward(&mut self, now: Instant, sid: u64, req: Message, from: Inbound, plan: Plan) {
+        let routing = self.route_processing(&req);
+        let realm = self.auth.realm.clone();
+        // Our realm's credentials stop here (RFC 3261 §22.3); others travel on.
+        let drop_lines = req
+            .headers_named(HeaderName::ProxyAuthorization)
+            .filter(|h| auth::parse_params(req.slice(h.value)).is_some_and(|(_, p)| p.iter().any(|(k, v)| k == "realm" && *v == realm)))
+            .map(|h| h.line)
+            .collect();
+        let ctx_id = self.id();
+        let is_invite = req.method() == Some(Method::Invite);
+        self.contexts.insert(
+            ctx_id,
+            ProxyCtx {
+                server: sid,
+                request: req,
+                from,
+                is_invite,
+                record_route: plan.record_route,
+                pop_routes: routing.pop_routes,
+                pop_last_route: routing.pop_last_route,
+                drop_lines,
+                branches: Vec::new(),
+                serial: plan.serial,
+                best: None,
+                final_sent: false,
+                cancelled: false,
+                lookups_pending: 0,
+                user: plan.user,
+                carrier_origin: plan.carrier_origin,
+                dialog: plan.dialog,
+                cseq_offset: plan.cseq_offset,
+            },
+        );
+        if let Some(e) = self.servers.get_mut(&sid) {
+            e.ctx = Some(ctx_id);
+        }
+        for c in plan.parallel {
+            self.start_branch(now, ctx_id, c);
+        }
+        self.maybe_finish(now, ctx_id);
+    }
+
+    fn start_branch(&mut self, now: Instant, ctx_id: u64, c: Candidate) {
+        match c.dest.clone() {
+            Dest::Hop(hop) => self.send_branch(now, ctx_id, c, hop, None),
+            Dest::Lookup(q) => {
+                if let Some(r) = self.cached(now, &q) {
+                    self.expand(now, ctx_id, c, Ok(r));
+                    return;
+                }
+                let id = self.id();
+                if let Some(ctx) = self.contexts.get_mut(&ctx_id) {
+                    ctx.lookups_pending += 1;
+                }
+                self.lookups.insert(id, (q.clone(), LookupWaiter::Branch { ctx: ctx_id, candidate: c }));
+                self.out.push_back(Output::Resolve { id, query: q });
+            }
+        }
+    }
+
+    pub(super) fn lookup_done(&mut self, now: Instant, waiter: LookupWaiter, result: Result<Resolution, DnsError>) {
+        match waiter {
+            LookupWaiter::Branch { ctx, candidate } => {
+                let Some(c) = self.contexts.get_mut(&ctx) else { return };
+                c.lookups_pending = c.lookups_pending.saturating_sub(1);
+                if c.cancelled || c.final_sent {
+                    self.maybe_finish(now, ctx);
+                    return;
+                }
+                self.expand(now, ctx, candidate, result);
+                self.maybe_finish(now, ctx);
+            }
+            LookupWaiter::Probe { carrier } => match result {
+                Ok(r) => self.send_probe(now, carrier, Some(r)),
+                Err(_) => self.carrier_health(carrier, false),
+            },
+        }
+    }
+
+    /// A resolved candidate: the first usable target now, the others first in the failover list.
+    fn expand(&mut self, now: Instant, ctx_id: u64, c: Candidate, result: Result<Resolution, DnsError>) {
+        let hops: Vec<Hop> = match &result {
+            Ok(r) => r.targets.iter().filter_map(|t| self.hop_to(t.transport, t.addr)).collect(),
+            Err(e) => {
+                tracing::info!(error = %e, "DNS lookup for a branch failed");
+                Vec::new()
+            }
+        };
+        let Some((first, rest)) = hops.split_first() else {
+            // Nothing to send to: counts as a 503 from this candidate (§16.7 failover).
+            self.candidate_failed(now, ctx_id, c.carrier, 503);
+            return;
+        };
+        if let Some(ctx) = self.contexts.get_mut(&ctx_id) {
+            for h in rest.iter().rev() {
+                ctx.serial.push_front(Candidate { ruri: c.ruri.clone(), dest: Dest::Hop(*h), carrier: c.carrier });
+            }
+        }
+        self.send_branch(now, ctx_id, c, *first, None);
+    }
+
+    /// A candidate that could not even be tried (no address, no listener): record the failure
+    /// and move on to the next one.
+    fn candidate_failed(&mut self, now: Instant, ctx_id: u64, carrier: Option<usize>, status: u16) {
+        let Some(ctx) = self.contexts.get_mut(&ctx_id) else { return };
+        record_best(ctx, status, None);
+        if let Some(next) = ctx.serial.pop_front() {
+            let _ = carrier;
+            self.start_branch(now, ctx_id, next);
+        }
+        self.maybe_finish(now, ctx_id);
+    }
+
+    /// Builds the branch request and starts its client transaction. `auth` is a credentials line
+    /// for a carrier's challenge (then the CSeq goes up by one).
+    fn send_branch(&mut self, now: Instant, ctx_id: u64, c: Candidate, hop: Hop, auth: Option<(String, u32)>) {
+        let Some(ctx) = self.contexts.get(&ctx_id) else { return };
+        let inbound_hop = Hop { transport: ctx.from.transport, local: ctx.from.local, dest: ctx.from.remote };
+        let loop_tag = loop_hash(&ctx.request);
+        let branch = format!("{BRANCH_PREFIX}{loop_tag:016x}-{:x}", self.rng.next_u64());
+        let proto = if hop.transport == TransportKind::Tcp { "TCP" } else { "UDP" };
+        let mut top = format!("Via: SIP/2.0/{proto} {};branch={branch};rport\r\n", self.advertised(&hop));
+        if ctx.record_route {
+            // One entry per side when the request crosses family or transport (RFC 5658), the
+            // outbound side on top: each side's route set then names an address it can reach.
+            top.push_str(&self.record_route_line(&hop));
+            if hop.local.is_ipv6() != inbound_hop.local.is_ipv6() || hop.transport != inbound_hop.transport {
+                top.push_str(&self.record_route_line(&inbound_hop));
+            }
+        }
+        let cseq = ctx.request.cseq.seq.wrapping_add(ctx.cseq_offset).wrapping_add(u32::from(auth.is_some()));
+        let bottom = auth.as_ref().map(|(line, _)| line.clone()).unwrap_or_default();
+        let bytes = edit::forward_request(
+            &ctx.request,
+            &Forward {
+                request_uri: c.ruri.as_deref(),
+                top: &top,
+                bottom: &bottom,
+                pop_routes: ctx.pop_routes,
+                pop_last_route: ctx.pop_last_route,
+                drop_lines: &ctx.drop_lines,
+                cseq: (cseq != ctx.request.cseq.seq).then_some(cseq),
+            },
+        );
+        let framing = if hop.transport == TransportKind::Tcp { Framing::Stream } else { Framing::Datagram };
+        let parsed = match parse(bytes.clone(), framing) {
+            Ok(m) => m,
+            Err(e) => {
+                // Our edits made something unparsable: a bug, never the caller's fault.
+                tracing::error!(error = %e, "forwarded request does not parse");
+                self.candidate_failed(now, ctx_id, c.carrier, 500);
+                return;
+            }
+        };
+        let is_invite = ctx.is_invite;
+        let index = ctx.branches.len();
+        let auth_retried = auth.is_some();
+        if let Some(ctx) = self.contexts.get_mut(&ctx_id) {
+            ctx.branches.push(Branch { client: None, candidate: c, hop, final_status: None, provisional: false, cancel_pending: false, auth_retried, cseq });
+        }
+        let cid = self.start_client(now, parsed, bytes, hop, ClientOwner::Branch { ctx: ctx_id, branch: index }, is_invite);
+        self.stats.requests_forwarded += 1;
+        if let Some(b) = self.contexts.get_mut(&ctx_id).and_then(|x| x.branches.get_mut(index)) {
+            b.client = cid;
+            if cid.is_none() {
+                b.final_status = Some(500);
+            }
+        }
+    }
+
+    fn record_route_line(&self, side: &Hop) -> String {
+        let t = if side.transport == TransportKind::Tcp { ";transport=tcp" } else { "" };
+        format!("Record-Route: <sip:{}{t};lr>\r\n", self.advertised(side))
+    }
+
+    /// A response (or a timeout/transport failure as `status` with no message) on a branch.
+    pub(super) fn branch_response(&mut self, now: Instant, ctx_id: u64, index: usize, cid: u64, status: u16, resp: Option<Message>) {
+        let Some(ctx) = self.contexts.get_mut(&ctx_id) else { return };
+        let original_cseq = ctx.request.cseq.seq;
+        let Some(b) = ctx.branches.get_mut(index) else { return };
+        let upstream = |resp: &Message, b: &Branch| edit::pop_via_and_cseq(resp, (b.cseq != original_cseq).then_some(original_cseq));
+        if status < 200 {
+            b.provisional = true;
+            let cancel_now = std::mem::take(&mut b.cancel_pending);
+            let forward = status > 100 && !ctx.final_sent;
+            let bytes = resp.as_ref().filter(|_| forward).map(|r| upstream(r, b));
+            let server = ctx.server;
+            if cancel_now {
+                self.send_cancel(now, cid);
+            }
+            if let Some(bytes) = bytes {
+                self.stats.responses_forwarded += u64::from(self.send_response(now, server, status, bytes));
+            }
+            return;
+        }
+        let first_final = b.final_status.is_none();
+        b.final_status = Some(status);
+        let carrier = b.candidate.carrier;
+        let hop = b.hop;
+        let branch_cseq = b.cseq;
+        if (200..300).contains(&status) {
+            let Some(resp) = resp else { return };
+            let bytes = upstream(&resp, b);
+            let server = ctx.server;
+            let is_invite = ctx.is_invite;
+            let dialog_of_request = ctx.dialog;
+            let is_bye = ctx.request.method() == Some(Method::Bye);
+            let already_final = ctx.final_sent;
+            if !already_final || is_invite {
+                ctx.final_sent = true;
+                ctx.serial.clear();
+                self.stats.responses_forwarded += u64::from(self.send_response(now, server, status, bytes));
+            }
+            if is_invite && first_final {
+                if dialog_of_request.is_none() {
+                    self.create_dialog(now, ctx_id, &resp, hop, carrier, branch_cseq);
+                }
+                // §16.7 step 10: a 2xx ends the other branches.
+                self.cancel_pending_branches(now, ctx_id);
+            }
+            if is_bye {
+                if let Some(did) = dialog_of_request {
+                    self.remove_dialog(did, "BYE");
+                }
+            }
+            if let Some(c) = carrier {
+                self.carrier_health(c, true);
+            }
+            return;
+        }
+        if !first_final || ctx.final_sent {
+            return;
+        }
+        // A carrier asks for credentials we hold: answer once (RFC 3261 §22.2, as a UAC would).
+        if matches!(status, 401 | 407) && !b.auth_retried && !ctx.cancelled {
+            if let (Some(c), Some(r)) = (carrier, resp.as_ref()) {
+                if let Some(line) = self.carrier_credentials(c, status, r, ctx_id, index) {
+                    let cand = self.contexts[&ctx_id].branches[index].candidate.clone();
+                    self.send_branch(now, ctx_id, cand, hop, Some((line, 1)));
+                    return;
+                }
+            }
+        }
+        let Some(ctx) = self.contexts.get_mut(&ctx_id) else { return };
+        if ctx.request.method() == Some(Method::Bye) {
+            if let Some(did) = ctx.dialog {
+                // A BYE that failed still ends our record of the call: the caller hung up.
+                self.remove_dialog(did, "BYE failed");
+            }
+        }
+        let Some(ctx) = self.contexts.get_mut(&ctx_id) else { return };
+        let b = &ctx.branches[index];
+        // A carrier's challenge we cannot answer means the carrier refused us, not the caller.
+        let (status, bytes) = match (carrier, status) {
+            (Some(_), 401 | 407) => (503, None),
+            _ => (status, resp.as_ref().map(|r| upstream(r, b))),
+        };
+        if carrier.is_some() && resp.is_none() && status == 408 {
+            // The carrier did not answer at all: skip it until its probe answers again.
+            if let Some(c) = carrier {
+                self.carrier_health(c, false);
+            }
+        }
+        let Some(ctx) = self.contexts.get_mut(&ctx_id) else { return };
+        record_best(ctx, status, bytes);
+        if status >= 600 && ctx.is_invite {
+            ctx.serial.clear();
+            self.cancel_pending_branches(now, ctx_id);
+        } else if failover(status) && !ctx.cancelled {
+            if let Some(next) = ctx.serial.pop_front() {
+                self.start_branch(now, ctx_id, next);
+            }
+        }
+        self.maybe_finish(now, ctx_id);
+    }
+
+    /// The credentials line answering a carrier's 401/407, if it has credentials configured.
+    fn carrier_credentials(&mut self, carrier: usize, status: u16, resp: &Message, ctx_id: u64, index: usize) -> Option<String> {
+        let (user, pass) = self.router.carriers()[carrier].credentials.clone()?;
+        let header = if status == 401 { HeaderName::WwwAuthenticate } else { HeaderName::ProxyAuthenticate };
+        let ch = resp.headers_named(header).find_map(|h| Challenge::parse(resp.slice(h.value)))?;
+        let ctx = self.contexts.get(&ctx_id)?;
+        let b = ctx.branches.get(index)?;
+        let uri = match &b.candidate.ruri {
+            Some(u) => u.clone(),
+            None => String::from_utf8_lossy(ctx.request.request_uri().map(|u| ctx.request.slice(u.span))?).into_owned(),
+        };
+        let cnonce = format!("{:016x}", self.rng.next_u64());
+        let value = auth::answer_challenge(&ch, &user, &pass, ctx.request.method_bytes(), &uri, &cnonce);
+        let name = if status == 401 { "Authorization" } else { "Proxy-Authorization" };
+        Some(format!("{name}: {value}\r\n"))
+    }
+
+    /// Sends CANCEL on every branch still waiting (or marks it to be cancelled on its first
+    /// provisional answer, §9.1), and drops the failover list.
+    fn cancel_pending_branches(&mut self, now: Instant, ctx_id: u64) {
+        let Some(ctx) = self.contexts.get_mut(&ctx_id) else { return };
+        ctx.serial.clear();
+        let mut to_cancel = Vec::new();
+        for b in ctx.branches.iter_mut().filter(|b| b.final_status.is_none()) {
+            match b.client {
+                Some(cid) if b.provisional => to_cancel.push(cid),
+                Some(_) => b.cancel_pending = true,
+                None => {}
+            }
+        }
+        for cid in to_cancel {
+            self.send_cancel(now, cid);
+        }
+    }
+
+    /// CANCEL for the INVITE of client transaction `cid` (its own non-INVITE transaction).
+    fn send_cancel(&mut self, now: Instant, cid: u64) {
+        let Some(e) = self.clients.get_mut(&cid) else { return };
+        if !e.txn.is_pending() {
+            return;
+        }
+        let bytes = edit::cancel_for(&e.request);
+        let hop = e.hop;
+        // If the callee never answers the INVITE after our CANCEL, give up 64*T1 later.
+        e.timer_c = Some(now + self.timing.long());
+        self.client_rescheduled(cid);
+        let framing = if hop.transport == TransportKind::Tcp { Framing::Stream } else { Framing::Datagram };
+        if let Ok(parsed) = parse(bytes.clone(), framing) {
+            self.start_client(now, parsed, bytes, hop, ClientOwner::Cancel, false);
+        }
+    }
+
+    /// Timer C of an INVITE branch (§16.8): CANCEL it if it is ringing, else treat it as 408.
+    pub(super) fn timer_c_fired(&mut self, now: Instant, cid: u64) {
+        let Some(e) = self.clients.get(&cid) else { return };
+        let ringing = e.txn.is_proceeding();
+        let cancel_sent = self.client_index.keys().any(|k| k.method.as_ref() == b"CANCEL" && k.branch == e.key.branch);
+        if ringing && !cancel_sent {
+            self.send_cancel(now, cid);
+        } else {
+            self.client_failed(now, cid, 408);
+        }
+    }
+
+    /// Sends the best response once every branch has answered and nothing is left to try.
+    fn maybe_finish(&mut self, now: Instant, ctx_id: u64) {
+        let Some(ctx) = self.contexts.get_mut(&ctx_id) else { return };
+        if ctx.final_sent {
+            return;
+        }
+        let waiting = ctx.branches.iter().any(|b| b.final_status.is_none()) || ctx.lookups_pending > 0 || !ctx.serial.is_empty();
+        if waiting {
+            return;
+        }
+        ctx.final_sent = true;
+        let server = ctx.server;
+        let best = ctx.best.take();
+        let cancelled = ctx.cancelled;
+        match best {
+            _ if cancelled => match best {
+                Some((487, Some(bytes))) => {
+                    self.send_response(now, server, 487, bytes);
+                }
+                _ => self.answer(now, server, 487, "Request Terminated", &[]),
+            },
+            // §16.7 step 6: a 503 is not passed on (it would make the caller fail over away
+            // from us); a 500 says the same about the call.
+            Some((503, _)) => self.answer(now, server, 500, "Server Internal Error (no destination could take the call)", &[]),
+            Some((status, Some(bytes))) => {
+                self.stats.responses_forwarded += u64::from(self.send_response(now, server, status, bytes));
+            }
+            Some((status, None)) => self.answer(now, server, status, reason_of(status), &[]),
+            None => self.answer(now, server, 408, "Request Timeout", &[]),
+        }
+    }
+
+    /// The server transaction of context `ctx_id` ended: the context goes too.
+    pub(super) fn server_gone(&mut self, ctx_id: u64) {
+        self.contexts.remove(&ctx_id);
+    }
+
+    fn create_dialog(&mut self, now: Instant, ctx_id: u64, resp: &Message, hop: Hop, carrier: Option<usize>, branch_cseq: u32) {
+        let Some(ctx) = self.contexts.get(&ctx_id) else { return };
+        let (Some(ftag), Some(ttag)) = (ctx.request.from.tag, resp.to.tag) else { return };
+        let d = Dialog {
+            call_id: Bytes::copy_from_slice(ctx.request.slice(ctx.request.call_id)),
+            caller_tag: Bytes::copy_from_slice(ctx.request.slice(ftag)),
+            callee_tag: Bytes::copy_from_slice(resp.slice(ttag)),
+            caller: Leg { transport: ctx.from.transport, local: ctx.from.local, remote: ctx.from.remote },
+            callee: Leg { transport: hop.transport, local: hop.local, remote: hop.dest },
+            user: ctx.user.clone(),
+            carrier: carrier.or(ctx.carrier_origin).map(|c| self.router.carriers()[c].name.clone()),
+            created: now,
+            last_activity: now,
+            cseq_offset: branch_cseq.wrapping_sub(ctx.request.cseq.seq),
+        };
+        let keys = DialogKey::both(&d);
+        if keys.iter().any(|k| self.dialog_index.contains_key(k)) {
+            return; // a retransmitted 2xx of a dialog we already hold
+        }
+        let did = self.id();
+        self.stats.calls_answered += 1;
+        self.event(Event::CallAnswered {
+            call_id: String::from_utf8_lossy(&d.call_id).into_owned(),
+            user: d.user.clone(),
+            carrier: d.carrier.clone(),
+            crosses_family: d.crosses_family(),
+        });
+        for k in keys {
+            self.dialog_index.insert(k, did);
+        }
+        self.dialogs.insert(did, d);
+        self.schedule(TimerRef::Dialog(did), Some(now + std::time::Duration::from_secs(self.limits.dialog_idle_secs)));
+    }
+
+    // ----- CANCEL and ACK -----
+
+    /// A CANCEL (its own server transaction `sid`): 200 for it, then the INVITE's branches are
+    /// cancelled and the INVITE answered 487 (§16.10).
+    fn on_cancel(&mut self, now: Instant, sid: u64, key: &ServerKey) {
+        let invite = self.server_index.get(&key.invite_of_cancel()).copied();
+        let Some(inv) = invite else {
+            self.answer(now, sid, 481, "Call/Transaction Does Not Exist", &[]);
+            return;
+        };
+        self.answer(now, sid, 200, "OK", &[]);
+        let Some(e) = self.servers.get(&inv) else { return };
+        if e.txn.final_sent() {
+            return;
+        }
+        match e.ctx {
+            Some(ctx_id) => {
+                if let Some(ctx) = self.contexts.get_mut(&ctx_id) {
+                    ctx.cancelled = true;
+                }
+                self.cancel_pending_branches(now, ctx_id);
+                self.maybe_finish(now, ctx_id);
+            }
+            None => self.answer(now, inv, 487, "Request Terminated", &[]),
+        }
+    }
+
+    /// ACK: absorbed by the INVITE transaction it completes (non-2xx), or forwarded end to end
+    /// along the dialog's route (2xx). Stateless: never answered.
+    fn on_ack(&mut self, now: Instant, msg: Message, from: Inbound) {
+        let key = ServerKey::of(&msg);
+        if let Some(&sid) = self.server_index.get(&key) {
+            if let Some(e) = self.servers.get_mut(&sid) {
+                if !matches!(e.txn.state, ServerState::Accepted { .. }) {
+                    if !e.txn.on_ack(now, &self.timing) {
+                        self.stats.retransmissions_absorbed += 1;
+                    }
+                    self.server_rescheduled(now, sid);
+                    return;
+                }
+            }
+        }
+        let _ = from;
+        if msg.to.tag.is_none() {
+            self.stats.stray_acks += 1;
+            return;
+        }
+        let routing = self.route_processing(&msg);
+        let key = DialogKey {
+            call_id: Bytes::copy_from_slice(msg.slice(msg.call_id)),
+            local_tag: Bytes::copy_from_slice(msg.from.tag.map_or(&[][..], |t| msg.slice(t))),
+            remote_tag: Bytes::copy_from_slice(msg.to.tag.map_or(&[][..], |t| msg.slice(t))),
+        };
+        let Some(&did) = self.dialog_index.get(&key) else {
+            self.stats.stray_acks += 1;
+            return;
+        };
+        let cseq_offset = match self.dialogs.get_mut(&did) {
+            Some(d) => {
+                d.last_activity = now;
+                if key.local_tag == d.caller_tag { d.cseq_offset } else { 0 }
+            }
+            None => 0,
+        };
+        let hop = match self.in_dialog_dest(&msg, &routing) {
+            Some(Dest::Hop(h)) => h,
+            Some(Dest::Lookup(q)) => match self.cached(now, &q).and_then(|r| r.targets.iter().find_map(|t| self.hop_to(t.transport, t.addr))) {
+                Some(h) => h,
+                None => {
+                    self.stats.stray_acks += 1;
+                    return;
+                }
+            },
+            None => {
+                self.stats.stray_acks += 1;
+                return;
+            }
+        };
+        // The same branch for every retransmission of this ACK.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        msg.top_via().branch.map(|b| msg.slice(b)).hash(&mut h);
+        let branch = format!("{BRANCH_PREFIX}{:016x}-a{:x}", loop_hash(&msg), h.finish());
+        let proto = if hop.transport == TransportKind::Tcp { "TCP" } else { "UDP" };
+        let top = format!("Via: SIP/2.0/{proto} {};branch={branch};rport\r\n", self.advertised(&hop));
+        let cseq = msg.cseq.seq.wrapping_add(cseq_offset);
+        let bytes = edit::forward_request(
+            &msg,
+            &Forward {
+                request_uri: routing.new_ruri.as_deref(),
+                top: &top,
+                pop_routes: routing.pop_routes,
+                pop_last_route: routing.pop_last_route,
+                cseq: (cseq != msg.cseq.seq).then_some(cseq),
+                ..Default::default()
+            },
+        );
+        self.stats.requests_forwarded += 1;
+        self.transmit(hop, bytes, None);
+    }
+
+    // ----- carrier probes -----
+
+    pub(super) fn probe_carrier(&mut self, now: Instant, carrier: usize) {
+        let Some(c) = self.router.carriers().get(carrier) else { return };
+        let interval = std::time::Duration::from_secs(c.probe_interval_secs);
+        let uri = c.uri.clone();
+        self.schedule(TimerRef::Probe(carrier), Some(now + interval));
+        match self.dest_of(&uri) {
+            Some(Dest::Hop(h)) => self.send_probe_to(now, carrier, h),
+            Some(Dest::Lookup(q)) => match self.cached(now, &q) {
+                Some(r) => self.send_probe(now, carrier, Some(r)),
+                None => {
+                    let id = self.id();
+                    self.lookups.insert(id, (q.clone(), LookupWaiter::Probe { carrier }));
+                    self.out.push_back(Output::Resolve { id, query: q });
+                }
+            },
+            None => self.carrier_health(carrier, false),
+        }
+    }
+
+    fn send_probe(&mut self, now: Instant, carrier: usize, r: Option<Resolution>) {
+        let hop = r.and_then(|r| r.targets.iter().find_map(|t| self.hop_to(t.transport, t.addr)));
+        match hop {
+            Some(h) => self.send_probe_to(now, carrier, h),
+            None => self.carrier_health(carrier, false),
+        }
+    }
+
+    fn send_probe_to(&mut self, now: Instant, carrier: usize, hop: Hop) {
+        let c = &self.router.carriers()[carrier];
+        let ruri = crate::routing::with_user(&c.uri, "ping").replacen("ping@", "", 1);
+        let proto = if hop.transport == TransportKind::Tcp { "TCP" } else { "UDP" };
+        let me = self.advertised(&hop);
+        let branch = format!("{BRANCH_PREFIX}p-{:x}", self.rng.next_u64());
+        let tag = format!("{:x}", self.rng.next_u64());
+        let call_id = format!("{:x}{:x}@sixgate", self.rng.next_u64(), self.rng.next_u64());
+        let text = format!(
+            "OPTIONS {ruri} SIP/2.0\r\nVia: SIP/2.0/{proto} {me};branch={branch};rport\r\nMax-Forwards: 70\r\n\
+             From: <sip:sixgate@{me}>;tag={tag}\r\nTo: <{ruri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\n\
+             User-Agent: {}\r\nContent-Length: 0\r\n\r\n",
+            if self.server_header.is_empty() { "sixgate" } else { &self.server_header }
+        );
+        let bytes = Bytes::from(text);
+        let framing = if hop.transport == TransportKind::Tcp { Framing::Stream } else { Framing::Datagram };
+        if let Ok(parsed) = parse(bytes.clone(), framing) {
+            self.start_client(now, parsed, bytes, hop, ClientOwner::Probe { carrier }, false);
+        }
+    }
+}
+
+/// Whether a final answer lets us try the next destination (§16.7 / RFC 3263 failover).
+fn failover(status: u16) -> bool {
+    status == 408 || (500..600).contains(&status)
+}
+
+fn record_best(ctx: &mut ProxyCtx, status: u16, bytes: Option<Bytes>) {
+    let better = ctx.best.as_ref().is_none_or(|(s, _)| rank(status) < rank(*s));
+    if better {
+        ctx.best = Some((status, bytes));
+    }
+}
+
+/// Methods that create dialogs and so get Record-Route.
+fn record_routes(m: Method) -> bool {
+    matches!(m, Method::Invite | Method::Subscribe | Method::Refer | Method::Notify)
+}
+
+/// The loop-detection hash (§16.6 step 8): what identifies the request as it arrived.
+fn loop_hash(req: &Message) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    req.request_uri().map(|u| req.slice(u.span)).hash(&mut h);
+    req.from.tag.map(|t| req.slice(t)).hash(&mut h);
+    req.to.tag.map(|t| req.slice(t)).hash(&mut h);
+    req.slice(req.call_id).hash(&mut h);
+    req.cseq.seq.hash(&mut h);
+    for p in req.headers_named(HeaderName::ProxyRequire) {
+        req.slice(p.value).hash(&mut h);
+    }
+    h.finish()
+}
+
+fn unsupported_tags(msg: &Message, name: HeaderName) -> Vec<String> {
+    let mut out = Vec::new();
+    for h in msg.headers_named(name) {
+        for tag in msg.slice(h.value).split(|&b| b == b',') {
+            let t = tag.trim_ascii();
+            if !t.is_empty() && !SUPPORTED.iter().any(|s| s.as_bytes().eq_ignore_ascii_case(t)) {
+                out.push(String::from_utf8_lossy(t).into_owned());
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,535 @@
+//! Deterministic simulation of the engine: a fake clock that jumps to the next deadline, fake
+//! phones and carriers that speak SIP text, and a seeded lossy network between them.
+
+use super::*;
+use crate::auth::{answer_challenge, Challenge};
+use crate::message::{parse, Framing, HeaderName};
+
+const CFG: &str = r#"
+[sip]
+domains = ["sixgate.test"]
+[[listen]]
+transport = "udp"
+address = "2001:db8::5"
+port = 5060
+[[listen]]
+transport = "udp"
+address = "192.0.2.5"
+port = 5060
+[[listen]]
+transport = "tcp"
+address = "2001:db8::5"
+port = 5060
+[[listen]]
+transport = "tcp"
+address = "192.0.2.5"
+port = 5060
+[auth]
+realm = "sixgate.test"
+[limits]
+invite_rate_per_source = 5
+invite_burst_per_source = 10
+[[users]]
+username = "alice"
+password = "secret"
+numbers = ["+442071234567"]
+[[users]]
+username = "pbx"
+password = "pbxsecret"
+numbers = ["+442079000000"]
+contacts = ["sip:pbx@[2001:db8::77]:5060"]
+[[carriers]]
+name = "primary"
+uri = "sip:198.51.100.1:5060"
+prefixes = ["+44"]
+priority = 1
+source_cidrs = ["198.51.100.0/28"]
+username = "trunk1"
+password = "trunkpass"
+probe_interval_secs = 0
+[[carriers]]
+name = "backup"
+uri = "sip:198.51.100.2:5060"
+prefixes = ["+44"]
+priority = 2
+probe_interval_secs = 0
+"#;
+
+const PHONE: &str = "[2001:db8::10]:5062";
+const PRIMARY: &str = "198.51.100.1:5060";
+const BACKUP: &str = "198.51.100.2:5060";
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+struct Sim {
+    eng: Engine,
+    t0: Instant,
+    now: Instant,
+}
+
+impl Sim {
+    fn new() -> Sim {
+        Sim::with(CFG)
+    }
+    fn with(cfg: &str) -> Sim {
+        let cfg = Config::from_toml(cfg).unwrap();
+        let mut eng = Engine::new(&cfg, EngineParams { seed: 7, nonce_key: [3; 32] });
+        let t0 = Instant::now();
+        eng.start(t0);
+        Sim { eng, t0, now: t0 }
+    }
+
+    fn inbound(&self, transport: TransportKind, remote: &str) -> Inbound {
+        let remote = sa(remote);
+        let local = match (transport, remote.is_ipv6()) {
+            (_, true) => sa("[2001:db8::5]:5060"),
+            (_, false) => sa("192.0.2.5:5060"),
+        };
+        Inbound { transport, local, remote }
+    }
+
+    /// Delivers SIP text from `remote` over UDP and returns what the engine sent.
+    fn send(&mut self, remote: &str, text: &str) -> Vec<Transmit> {
+        self.send_over(TransportKind::Udp, remote, text)
+    }
+
+    fn send_over(&mut self, transport: TransportKind, remote: &str, text: &str) -> Vec<Transmit> {
+        let framing = if transport == TransportKind::Tcp { Framing::Stream } else { Framing::Datagram };
+        let msg = parse(Bytes::copy_from_slice(text.as_bytes()), framing).unwrap_or_else(|e| panic!("{e}: {text}"));
+        let from = self.inbound(transport, remote);
+        self.eng.handle(self.now, Input::Received { msg, from });
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Vec<Transmit> {
+        let mut v = Vec::new();
+        while let Some(o) = self.eng.poll_output() {
+            if let Output::Transmit(t) = o {
+                v.push(t);
+            }
+        }
+        v
+    }
+
+    /// Jumps to the next deadline (at most to `limit` after t0); returns what was sent.
+    fn step(&mut self, limit: Duration) -> Option<Vec<Transmit>> {
+        let at = self.eng.poll_timeout()?;
+        // Housekeeping ticks forever; stop at the limit.
+        if at > self.t0 + limit {
+            return None;
+        }
+        self.now = self.now.max(at);
+        self.eng.handle_timeout(self.now);
+        Some(self.drain())
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.now - self.t0
+    }
+
+    /// Runs every timer up to `limit`, collecting (time, transmit).
+    fn run_until(&mut self, limit: Duration) -> Vec<(Duration, Transmit)> {
+        let mut out = Vec::new();
+        for _ in 0..100_000 {
+            let Some(sent) = self.step(limit) else { break };
+            let t = self.elapsed();
+            out.extend(sent.into_iter().map(|x| (t, x)));
+        }
+        out
+    }
+
+    fn drained(&self) -> bool {
+        let (s, c, x, _, l) = self.eng.table_sizes();
+        s == 0 && c == 0 && x == 0 && l == 0
+    }
+}
+
+fn text(t: &Transmit) -> String {
+    String::from_utf8_lossy(&t.bytes).into_owned()
+}
+
+fn status(t: &Transmit) -> u16 {
+    text(t)[8..11].parse().unwrap_or(0)
+}
+
+fn msg_of(t: &Transmit) -> Message {
+    parse(t.bytes.clone(), Framing::Datagram).unwrap()
+}
+
+fn header(t: &Transmit, name: &str) -> Vec<String> {
+    text(t).lines().filter_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_string)).collect()
+}
+
+fn invite(ruri: &str, from_user: &str, call: &str, branch: &str, cseq: u32, extra: &str) -> String {
+    format!(
+        "INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::10]:5062;branch=z9hG4bK{branch};rport\r\nMax-Forwards: 70\r\n\
+         From: <sip:{from_user}@sixgate.test>;tag=caller1\r\nTo: <{ruri}>\r\nCall-ID: {call}\r\nCSeq: {cseq} INVITE\r\n\
+         Contact: <sip:{from_user}@[2001:db8::10]:5062>\r\n{extra}Content-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n"
+    )
+}
+
+/// The response a fake UA sends to the request it received in `t`: Vias, From, To (+ tag),
+/// Call-ID and CSeq copied.
+fn respond(t: &Transmit, code: u16, reason: &str, to_tag: Option<&str>, extra: &str) -> String {
+    let m = msg_of(t);
+    let mut s = format!("SIP/2.0 {code} {reason}\r\n");
+    for h in m.headers.iter() {
+        let line = m.text(h.line);
+        match h.name {
+            HeaderName::Via | HeaderName::From | HeaderName::CallId | HeaderName::CSeq | HeaderName::RecordRoute => s.push_str(&line),
+            HeaderName::To => {
+                s.push_str(line.trim_end());
+                if let (Some(tag), None) = (to_tag, m.to.tag) {
+                    s.push_str(&format!(";tag={tag}"));
+                }
+                s.push_str("\r\n");
+            }
+            _ => {}
+        }
+    }
+    s.push_str(extra);
+    s.push_str("Content-Length: 0\r\n\r\n");
+    s
+}
+
+/// Alice's INVITE through the 407 round: returns the transmits after the authenticated INVITE.
+fn authed_invite(sim: &mut Sim, number: &str, call: &str) -> Vec<Transmit> {
+    let ruri = format!("sip:{number}@sixgate.test");
+    let out = sim.send(PHONE, &invite(&ruri, "alice", call, "a1", 1, ""));
+    let c407 = out.iter().find(|t| status(t) == 407).expect("407");
+    let ch = header(c407, "Proxy-Authenticate").iter().find_map(|v| Challenge::parse(v.as_bytes()).filter(|c| c.algorithm == crate::auth::Algorithm::Md5)).unwrap();
+    sim.send(PHONE, &format!("ACK {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::10]:5062;branch=z9hG4bKa1;rport\r\nMax-Forwards: 70\r\nFrom: <sip:alice@sixgate.test>;tag=caller1\r\nTo: <{ruri}>;tag={}\r\nCall-ID: {call}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n", msg_of(c407).text(msg_of(c407).to.tag.unwrap())));
+    let cred = answer_challenge(&ch, "alice", "secret", b"INVITE", &ruri, "cn1");
+    sim.send(PHONE, &invite(&ruri, "alice", call, "a2", 2, &format!("Proxy-Authorization: {cred}\r\n")))
+}
+
+#[test]
+fn options_to_the_proxy_itself_and_refusals_carry_the_right_status() {
+    let mut sim = Sim::new();
+    let req = |method: &str, ruri: &str, extra: &str| {
+        format!(
+            "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::10]:5062;branch=z9hG4bK{}{method};rport\r\nMax-Forwards: 70\r\n\
+             From: <sip:x@elsewhere.example>;tag=1\r\nTo: <{ruri}>\r\nCall-ID: c-{ruri}\r\nCSeq: 1 {method}\r\n{extra}Content-Length: 0\r\n\r\n",
+            ruri.len() + extra.len()
+        )
+    };
+    let out = sim.send(PHONE, &req("OPTIONS", "sip:sixgate.test", ""));
+    assert_eq!(status(&out[0]), 200);
+    assert!(text(&out[0]).contains("\r\nAllow: INVITE, ACK, CANCEL, BYE, OPTIONS"), "{}", text(&out[0]));
+    assert_eq!(out[0].dest, sa(PHONE), "rport: back to the source port");
+    let cases = [
+        (req("OPTIONS", "sip:bob@elsewhere.example", ""), 403),
+        (req("OPTIONS", "sip:nobody@sixgate.test", ""), 403), // not a local user: nothing to challenge
+        (req("OPTIONS", "sip:sixgate.test", "Proxy-Require: foo\r\n"), 420),
+        (req("OPTIONS", "sip:sixgate.test", "Require: foo\r\n"), 420),
+        (req("OPTIONS", "nobodyknowsthisscheme:x", ""), 416),
+        (req("REGISTER", "sip:sixgate.test", ""), 405),
+        (req("BYE", "sip:sixgate.test", ""), 481),
+        (req("FOO", "sip:sixgate.test", ""), 501),
+        (req("INVITE", "sip:bob@elsewhere.example", "").replace("Max-Forwards: 70", "Max-Forwards: 0"), 483),
+        (req("BYE", "sip:+442079999999@198.51.100.1", "").replace("To: <sip:+442079999999@198.51.100.1>", "To: <sip:+442079999999@198.51.100.1>;tag=x"), 481),
+    ];
+    for (r, code) in cases {
+        let out = sim.send(PHONE, &r);
+        let last = out.last().unwrap_or_else(|| panic!("no answer to {r}"));
+        assert_eq!(status(last), code, "{r}\n->\n{}", text(last));
+        assert!(out.iter().all(|t| t.dest == sa(PHONE)), "nothing may go anywhere else");
+    }
+}
+
+#[test]
+fn no_unauthenticated_request_reaches_a_carrier() {
+    let mut sim = Sim::new();
+    // A local user without credentials: 100 then 407 with SHA-256 and MD5 challenges.
+    let out = sim.send(PHONE, &invite("sip:+442079999999@sixgate.test", "alice", "c1", "x1", 1, ""));
+    assert_eq!(out.iter().map(status).collect::<Vec<_>>(), vec![100, 407]);
+    let challenges = header(&out[1], "Proxy-Authenticate");
+    assert!(challenges[0].contains("algorithm=SHA-256") && challenges[1].contains("algorithm=MD5"), "{challenges:?}");
+    // Somebody else's From: 403 straight away.
+    let out = sim.send(PHONE, &invite("sip:+442079999999@sixgate.test", "mallory", "c2", "x2", 1, "").replace("mallory@sixgate.test", "mallory@evil.example"));
+    assert_eq!(status(out.last().unwrap()), 403);
+    // Wrong password: 403.
+    let out = sim.send(PHONE, &invite("sip:+442079999999@sixgate.test", "alice", "c3", "x3", 1, "Proxy-Authorization: Digest username=\"alice\", realm=\"sixgate.test\", nonce=\"0.abc\", uri=\"sip:+442079999999@sixgate.test\", response=\"00\"\r\n"));
+    assert_eq!(status(out.last().unwrap()), 403);
+    // A made-up in-dialog INVITE straight at a carrier: no such dialog.
+    let fake = invite("sip:+442079999999@198.51.100.1", "alice", "c4", "x4", 1, "").replace("To: <sip:+442079999999@198.51.100.1>", "To: <sip:+442079999999@198.51.100.1>;tag=zz");
+    let out = sim.send(PHONE, &fake);
+    assert_eq!(status(out.last().unwrap()), 481);
+    // From a carrier's network to a number that is not local: 404.
+    let out = sim.send("198.51.100.3:5060", &invite("sip:+442079999999@sixgate.test", "x", "c5", "x5", 1, "").replace("[2001:db8::10]:5062", "198.51.100.3:5060"));
+    assert_eq!(status(out.last().unwrap()), 404);
+    let all: Vec<_> = [&out].into_iter().flatten().collect();
+    assert!(all.iter().all(|t| t.dest != sa(PRIMARY) && t.dest != sa(BACKUP)));
+    assert_eq!(sim.eng.stats.requests_forwarded, 0, "nothing was forwarded");
+}
+
+#[test]
+fn a_full_call_from_an_ipv6_phone_to_an_ipv4_carrier() {
+    let mut sim = Sim::new();
+    let out = authed_invite(&mut sim, "+442079999999", "call-1");
+    assert_eq!(out.len(), 2, "100 upstream + INVITE to the carrier");
+    assert_eq!(status(&out[0]), 100);
+    let inv = &out[1];
+    assert_eq!(inv.dest, sa(PRIMARY));
+    assert_eq!(inv.local, sa("192.0.2.5:5060"), "leaves on the IPv4 socket");
+    let t = text(inv);
+    assert!(t.starts_with("INVITE sip:+442079999999@198.51.100.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.5:5060;branch=z9hG4bK-sg"), "{t}");
+    assert_eq!(header(inv, "Record-Route"), vec!["<sip:192.0.2.5:5060;lr>", "<sip:[2001:db8::5]:5060;lr>"], "two Record-Routes, outbound side on top");
+    assert!(t.contains("Max-Forwards: 69\r\n") && !t.contains("Proxy-Authorization"), "{t}");
+    assert!(t.ends_with("\r\n\r\nv=0\n"), "body untouched");
+    // The carrier rings and answers.
+    let out = sim.send(PRIMARY, &respond(inv, 180, "Ringing", Some("carrier9"), ""));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].dest, sa(PHONE));
+    assert_eq!(header(&out[0], "Via").len(), 1, "our Via popped");
+    let ok = respond(inv, 200, "OK", Some("carrier9"), "Contact: <sip:+442079999999@198.51.100.1:5060>\r\n");
+    let out = sim.send(PRIMARY, &ok);
+    assert_eq!(status(&out[0]), 200);
+    assert_eq!(header(&out[0], "Record-Route").len(), 2);
+    assert_eq!(sim.eng.dialogs().count(), 1);
+    let d = sim.eng.dialogs().next().unwrap();
+    assert!(d.crosses_family() && d.carrier.as_deref() == Some("primary") && d.user.as_deref() == Some("alice"));
+    // A retransmitted 200 is passed on too (the UAC's ACK stops it end to end).
+    let out = sim.send(PRIMARY, &ok);
+    assert_eq!(out.len(), 1);
+    // ACK and BYE from the phone along the route set [v6 side, v4 side].
+    let in_dialog = |method: &str, cseq: u32, branch: &str| {
+        format!(
+            "{method} sip:+442079999999@198.51.100.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::10]:5062;branch=z9hG4bK{branch};rport\r\n\
+             Route: <sip:[2001:db8::5]:5060;lr>\r\nRoute: <sip:192.0.2.5:5060;lr>\r\nMax-Forwards: 70\r\n\
+             From: <sip:alice@sixgate.test>;tag=caller1\r\nTo: <sip:+442079999999@sixgate.test>;tag=carrier9\r\nCall-ID: call-1\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let out = sim.send(PHONE, &in_dialog("ACK", 2, "ack"));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].dest, sa(PRIMARY));
+    assert!(!text(&out[0]).contains("Route:"), "both of our Route entries popped:\n{}", text(&out[0]));
+    let out = sim.send(PHONE, &in_dialog("BYE", 3, "bye"));
+    let bye = out.iter().find(|t| t.dest == sa(PRIMARY)).expect("BYE forwarded");
+    let out = sim.send(PRIMARY, &respond(bye, 200, "OK", None, ""));
+    assert_eq!(status(&out[0]), 200);
+    assert_eq!(sim.eng.dialogs().count(), 0, "BYE ended the dialog");
+    sim.run_until(Duration::from_secs(120));
+    assert!(sim.drained(), "{:?}", sim.eng.table_sizes());
+}
+
+#[test]
+fn invite_to_a_silent_carrier_retransmits_on_timer_a_then_fails_over() {
+    let mut sim = Sim::new();
+    let out = authed_invite(&mut sim, "+442079999999", "call-2");
+    assert_eq!(out[1].dest, sa(PRIMARY));
+    let sent = sim.run_until(Duration::from_secs(31) + Duration::from_millis(900));
+    let to_primary: Vec<u64> = sent.iter().filter(|(_, t)| t.dest == sa(PRIMARY)).map(|(d, _)| d.as_millis() as u64).collect();
+    assert_eq!(to_primary, vec![500, 1500, 3500, 7500, 15500, 31500], "Timer A doubles from T1");
+    // Timer B at 32 s: the next carrier gets the call, the primary is marked down.
+    let sent = sim.run_until(Duration::from_secs(32));
+    assert!(sent.iter().any(|(d, t)| *d == Duration::from_secs(32) && t.dest == sa(BACKUP)), "{sent:?}");
+    assert_eq!(sim.eng.carrier_up("primary"), Some(false));
+    // The backup answers 503: RFC 3261 §16.7 turns the last failure into a 500 upstream.
+    let inv = sent.iter().find(|(_, t)| t.dest == sa(BACKUP)).unwrap().1.clone();
+    let out = sim.send(BACKUP, &respond(&inv, 503, "Service Unavailable", Some("b1"), ""));
+    assert!(out.iter().any(|t| t.dest == sa(BACKUP) && text(t).starts_with("ACK ")), "hop-by-hop ACK for the 503");
+    let up = out.iter().find(|t| t.dest == sa(PHONE)).unwrap();
+    assert_eq!(status(up), 500);
+    // Final response retransmitted until the phone ACKs (it doesn't): then everything drains.
+    sim.run_until(Duration::from_secs(200));
+    assert!(sim.drained(), "{:?}", sim.eng.table_sizes());
+}
+
+#[test]
+fn non_invite_retransmits_half_one_two_four_four_and_times_out_at_32_s() {
+    let mut sim = Sim::new();
+    // The PBX user's static contact; a MESSAGE from a carrier (trusted source).
+    let req = "MESSAGE sip:+442079000000@sixgate.test SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.1:5060;branch=z9hG4bKm1\r\nMax-Forwards: 70\r\n\
+               From: <sip:+441@198.51.100.1>;tag=m\r\nTo: <sip:+442079000000@sixgate.test>\r\nCall-ID: m1\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n";
+    let out = sim.send(PRIMARY, req);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].dest, sa("[2001:db8::77]:5060"));
+    assert_eq!(out[0].local, sa("[2001:db8::5]:5060"));
+    let sent = sim.run_until(Duration::from_secs(40));
+    let times: Vec<u64> = sent.iter().filter(|(_, t)| t.dest == sa("[2001:db8::77]:5060")).map(|(d, _)| d.as_millis() as u64).collect();
+    let gaps: Vec<u64> = times.iter().scan(0, |p, &t| {
+        let g = t - *p;
+        *p = t;
+        Some(g)
+    }).collect();
+    assert_eq!(&gaps[..5], &[500, 1000, 2000, 4000, 4000]);
+    let answer = sent.iter().find(|(_, t)| t.dest == sa(PRIMARY)).expect("answered upstream");
+    assert_eq!((answer.0, status(&answer.1)), (Duration::from_secs(32), 408));
+    sim.run_until(Duration::from_secs(100));
+    assert!(sim.drained(), "{:?}", sim.eng.table_sizes());
+}
+
+#[test]
+fn nothing_retransmits_over_tcp() {
+    let mut sim = Sim::new();
+    let cfg = CFG.replace("uri = \"sip:198.51.100.1:5060\"", "uri = \"sip:198.51.100.1:5060;transport=tcp\"");
+    sim = Sim { ..Sim::with(&cfg) };
+    let out = authed_invite(&mut sim, "+442079999999", "call-t");
+    assert_eq!(out[1].transport, TransportKind::Tcp);
+    assert!(text(&out[1]).contains("Via: SIP/2.0/TCP 192.0.2.5:5060;"));
+    assert_eq!(header(&out[1], "Record-Route"), vec!["<sip:192.0.2.5:5060;transport=tcp;lr>", "<sip:[2001:db8::5]:5060;lr>"]);
+    let sent = sim.run_until(Duration::from_secs(31));
+    assert!(sent.iter().all(|(_, t)| t.dest != sa(PRIMARY)), "no retransmission over TCP: {sent:?}");
+}
+
+#[test]
+fn cancel_before_answer_and_busy_are_relayed_hop_by_hop() {
+    let mut sim = Sim::new();
+    let out = authed_invite(&mut sim, "+442079999999", "call-3");
+    let inv = out[1].clone();
+    sim.send(PRIMARY, &respond(&inv, 180, "Ringing", Some("r"), ""));
+    let cancel = "CANCEL sip:+442079999999@sixgate.test SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::10]:5062;branch=z9hG4bKa2;rport\r\nMax-Forwards: 70\r\n\
+                  From: <sip:alice@sixgate.test>;tag=caller1\r\nTo: <sip:+442079999999@sixgate.test>\r\nCall-ID: call-3\r\nCSeq: 2 CANCEL\r\nContent-Length: 0\r\n\r\n";
+    let out = sim.send(PHONE, cancel);
+    assert_eq!(status(&out[0]), 200, "CANCEL answered at once");
+    let c = out.iter().find(|t| t.dest == sa(PRIMARY)).expect("CANCEL forwarded");
+    assert!(text(c).starts_with("CANCEL sip:+442079999999@198.51.100.1:5060 SIP/2.0\r\n"));
+    assert_eq!(msg_of(c).slice(msg_of(c).top_via().branch.unwrap()), msg_of(&inv).slice(msg_of(&inv).top_via().branch.unwrap()), "same branch as the INVITE");
+    sim.send(PRIMARY, &respond(c, 200, "OK", Some("r"), ""));
+    let out = sim.send(PRIMARY, &respond(&inv, 487, "Request Terminated", Some("r"), ""));
+    assert!(out.iter().any(|t| t.dest == sa(PRIMARY) && text(t).starts_with("ACK ")));
+    assert_eq!(status(out.iter().find(|t| t.dest == sa(PHONE)).unwrap()), 487);
+
+    // 486 from the carrier goes up as it is.
+    let out = authed_invite(&mut sim, "+442079999999", "call-4");
+    let out = sim.send(PRIMARY, &respond(&out[1], 486, "Busy Here", Some("b"), ""));
+    assert_eq!(status(out.iter().find(|t| t.dest == sa(PHONE)).unwrap()), 486);
+    assert!(out.iter().all(|t| t.dest != sa(BACKUP)), "4xx is not failed over");
+    sim.run_until(Duration::from_secs(120));
+    assert!(sim.drained(), "{:?}", sim.eng.table_sizes());
+}
+
+#[test]
+fn a_carrier_challenge_is_answered_with_the_carriers_credentials() {
+    let mut sim = Sim::new();
+    let out = authed_invite(&mut sim, "+442079999999", "call-5");
+    let inv = out[1].clone();
+    let out = sim.send(PRIMARY, &respond(&inv, 401, "Unauthorized", Some("u"), "WWW-Authenticate: Digest realm=\"carrier\", nonce=\"n1\", qop=\"auth\", algorithm=MD5\r\n"));
+    let retry = out.iter().find(|t| t.dest == sa(PRIMARY) && text(t).starts_with("INVITE ")).expect("retried");
+    let t = text(retry);
+    assert!(t.contains("CSeq: 3 INVITE\r\n"), "CSeq one up: {t}");
+    let auth = header(retry, "Authorization");
+    assert!(auth[0].contains("username=\"trunk1\"") && auth[0].contains("realm=\"carrier\""), "{auth:?}");
+    assert!(out.iter().all(|t| t.dest != sa(PHONE)), "the caller never sees the carrier's challenge");
+    let out = sim.send(PRIMARY, &respond(retry, 200, "OK", Some("u2"), "Contact: <sip:x@198.51.100.1>\r\n"));
+    let up = out.iter().find(|t| t.dest == sa(PHONE)).unwrap();
+    assert!(text(up).contains("CSeq: 2 INVITE\r\n"), "the caller's CSeq restored: {}", text(up));
+    assert_eq!(sim.eng.dialogs().next().unwrap().cseq_offset, 1);
+}
+
+#[test]
+fn a_lost_ack_makes_the_final_response_retransmit_until_timer_h() {
+    let mut sim = Sim::new();
+    let out = authed_invite(&mut sim, "+442079999999", "call-6");
+    sim.send(PRIMARY, &respond(&out[1], 486, "Busy Here", Some("b"), ""));
+    let sent = sim.run_until(Duration::from_secs(40));
+    let to_phone: Vec<u64> = sent.iter().filter(|(_, t)| t.dest == sa(PHONE) && status(t) == 486).map(|(d, _)| d.as_millis() as u64).collect();
+    assert_eq!(&to_phone[..5], &[500, 1500, 3500, 7500, 11500], "Timer G, capped at T2");
+    assert!(to_phone.iter().all(|&t| t < 32_000), "Timer H ends it at 32 s");
+    sim.run_until(Duration::from_secs(100));
+    assert!(sim.drained(), "{:?}", sim.eng.table_sizes());
+}
+
+#[test]
+fn calls_from_a_carrier_reach_a_static_contact_without_digest() {
+    let mut sim = Sim::new();
+    let out = sim.send(PRIMARY, &invite("sip:+442079000000@sixgate.test", "x", "in-1", "i1", 1, "").replace("[2001:db8::10]:5062", "198.51.100.1:5060").replace("x@sixgate.test", "+441@198.51.100.1"));
+    assert_eq!(status(&out[0]), 100);
+    let fwd = out.iter().find(|t| t.dest == sa("[2001:db8::77]:5060")).expect("to the PBX over IPv6");
+    assert!(text(fwd).starts_with("INVITE sip:pbx@[2001:db8::77]:5060 SIP/2.0\r\n"));
+    assert_eq!(header(fwd, "Record-Route"), vec!["<sip:[2001:db8::5]:5060;lr>", "<sip:192.0.2.5:5060;lr>"]);
+}
+
+#[test]
+fn an_invite_flood_from_one_64_is_limited_before_any_digest_work() {
+    let mut sim = Sim::new();
+    let mut codes = Vec::new();
+    for i in 0..14 {
+        // Different addresses of one /64: one bucket.
+        let src = format!("[2001:db8::{:x}]:5062", 0x100 + i);
+        let out = sim.send(&src, &invite("sip:+442079999999@sixgate.test", "alice", &format!("f{i}"), &format!("f{i}"), 1, ""));
+        codes.push(status(out.last().unwrap()));
+    }
+    assert_eq!(codes.iter().filter(|&&c| c == 407).count(), 10, "burst of 10: {codes:?}");
+    assert_eq!(codes.iter().filter(|&&c| c == 503).count(), 4);
+    assert_eq!(sim.eng.stats.challenges, 10);
+}
+
+/// A seeded lossy network between a phone, the engine and a carrier. The fake phone
+/// retransmits its INVITE on T1 doubling (like a UAC transaction), ACKs every final response
+/// and the carrier re-sends its final response until it sees an ACK.
+fn lossy_call(seed: u64, loss: f64) -> (bool, (usize, usize, usize, usize, usize)) {
+    let mut rng = Rng::new(seed);
+    let mut chance = move || (rng.next_u64() % 10_000) as f64 / 10_000.0;
+    let mut sim = Sim::new();
+    // Authenticate without loss first (the nonce round is not the point here).
+    let first = authed_invite(&mut sim, "+442079999999", &format!("lossy-{seed}"));
+    let mut in_flight: Vec<(Instant, Transmit)> = first.into_iter().map(|t| (sim.now, t)).collect();
+    let ruri = "sip:+442079999999@sixgate.test";
+    let mut phone_final = None;
+    let mut carrier_invite: Option<Transmit> = None;
+    let mut carrier_ack = false;
+    let mut acks_sent = 0;
+    let limit = Duration::from_secs(300);
+    for _round in 0..20_000 {
+        // Deliver (or lose, or duplicate) everything in flight after a 10 ms hop.
+        let deliveries = std::mem::take(&mut in_flight);
+        for (_, t) in deliveries {
+            if chance() < loss {
+                continue;
+            }
+            let copies = if chance() < 0.05 { 2 } else { 1 };
+            for _ in 0..copies {
+                if t.dest == sa(PRIMARY) {
+                    let s = text(&t);
+                    if s.starts_with("INVITE ") {
+                        carrier_invite = Some(t.clone());
+                        // The carrier answers busy every time it sees the INVITE.
+                        let r = respond(&t, 486, "Busy Here", Some("lossy"), "");
+                        let out = sim.send(PRIMARY, &r);
+                        in_flight.extend(out.into_iter().map(|x| (sim.now, x)));
+                    } else if s.starts_with("ACK ") {
+                        carrier_ack = true;
+                    }
+                } else if t.dest == sa(PHONE) && status(&t) >= 300 {
+                    phone_final = Some(status(&t));
+                    acks_sent += 1;
+                    let ack = format!("ACK {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::10]:5062;branch=z9hG4bKa2;rport\r\nMax-Forwards: 70\r\nFrom: <sip:alice@sixgate.test>;tag=caller1\r\nTo: <{ruri}>;tag=lossy\r\nCall-ID: lossy-{seed}\r\nCSeq: 2 ACK\r\nContent-Length: 0\r\n\r\n");
+                    let out = sim.send(PHONE, &ack);
+                    in_flight.extend(out.into_iter().map(|x| (sim.now, x)));
+                }
+            }
+        }
+        // The carrier keeps re-sending its 486 until the ACK arrives (its own Timer G).
+        if !carrier_ack && carrier_invite.is_some() && chance() < 0.3 {
+            let r = respond(carrier_invite.as_ref().unwrap(), 486, "Busy Here", Some("lossy"), "");
+            if chance() >= loss {
+                let out = sim.send(PRIMARY, &r);
+                in_flight.extend(out.into_iter().map(|x| (sim.now, x)));
+            }
+        }
+        if in_flight.is_empty() {
+            match sim.step(limit) {
+                Some(out) => in_flight.extend(out.into_iter().map(|x| (sim.now, x))),
+                None => break,
+            }
+        }
+    }
+    let _ = acks_sent;
+    (phone_final.is_some(), sim.eng.table_sizes())
+}
+
+#[test]
+fn under_heavy_loss_every_transaction_terminates_and_every_table_drains() {
+    for seed in 0..40 {
+        let loss = [0.0, 0.1, 0.3, 0.5][(seed % 4) as usize];
+        let (_, sizes) = lossy_call(seed, loss);
+        assert_eq!(sizes, (0, 0, 0, 0, 0), "seed {seed} loss {loss}: tables not drained");
+    }
+    // With 10 % loss the caller learns the outcome.
+    let answered = (100..120).filter(|&s| lossy_call(s, 0.1).0).count();
+    assert!(answered >= 18, "{answered}/20 calls got their final response through 10 % loss");
+}
