@@ -21,9 +21,13 @@ fn udp_client(target: SocketAddr) -> UdpSocket {
     s
 }
 
+/// An OPTIONS to the proxy. Each call gets its own branch: sixgate is transaction-stateful, so
+/// a repeated branch would be a retransmission of an earlier request.
 fn options(extra: &str, pad: usize) -> Vec<u8> {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!(
-        "OPTIONS sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKt1;rport\r\nMax-Forwards: 70\r\n\
+        "OPTIONS sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKt1-{n};rport\r\nMax-Forwards: 70\r\n\
          From: <sip:t@localhost>;tag=1\r\nTo: <sip:localhost>\r\nCall-ID: t1\r\nCSeq: 1 OPTIONS\r\nX-Pad: {}\r\n{extra}\
          Content-Length: 0\r\n\r\n",
         "p".repeat(pad)

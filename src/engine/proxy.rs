@@ -158,7 +158,7 @@ impl Engine {
             self.on_ack(now, msg, from);
             return;
         }
-        let key = ServerKey::of(&msg);
+        let key = ServerKey::of(&msg, from.transport);
         if let Some(&sid) = self.server_index.get(&key) {
             self.stats.retransmissions_absorbed += 1;
             if let Some(e) = self.servers.get(&sid) {
@@ -789,6 +789,9 @@ impl Engine {
             if let Some(next) = ctx.serial.pop_front() {
                 self.start_branch(now, ctx_id, next);
             }
+        } else {
+            // A definite answer (4xx): the next carrier would give the same; stop here.
+            ctx.serial.clear();
         }
         self.maybe_finish(now, ctx_id);
     }
@@ -958,7 +961,7 @@ impl Engine {
     /// ACK: absorbed by the INVITE transaction it completes (non-2xx), or forwarded end to end
     /// along the dialog's route (2xx). Stateless: never answered.
     fn on_ack(&mut self, now: Instant, msg: Message, from: Inbound) {
-        let key = ServerKey::of(&msg);
+        let key = ServerKey::of(&msg, from.transport);
         if let Some(&sid) = self.server_index.get(&key) {
             if let Some(e) = self.servers.get_mut(&sid) {
                 if !matches!(e.txn.state, ServerState::Accepted { .. }) {

@@ -1,6 +1,7 @@
 //! Matching messages to transactions (RFC 3261 §17.1.3, §17.2.3): by the top Via branch with the
 //! magic cookie, and by the RFC 2543 rules for peers whose branch lacks it.
 
+use crate::config::TransportKind;
 use crate::message::{Message, Method};
 use bytes::Bytes;
 use std::hash::{Hash, Hasher};
@@ -26,15 +27,17 @@ impl KeyMethod {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ServerKey {
-    /// RFC 3261: branch, sent-by and method.
-    Branch { branch: Bytes, sent_by: Bytes, method: KeyMethod },
+    /// RFC 3261: branch, sent-by and method — and the transport it arrived on: a request is
+    /// retransmitted on the transport it was sent on (§18.1.1), so the same branch over another
+    /// transport is another client's request (or a test's), not a retransmission.
+    Branch { branch: Bytes, sent_by: Bytes, method: KeyMethod, transport: TransportKind },
     /// RFC 2543 (§17.2.3 last paragraphs): a hash of Request-URI, From tag, Call-ID, CSeq number
     /// and the top Via, with the method. The To tag is left out so the ACK matches its INVITE.
     Legacy { hash: u64, method: KeyMethod },
 }
 
 impl ServerKey {
-    pub fn of(msg: &Message) -> ServerKey {
+    pub fn of(msg: &Message, transport: TransportKind) -> ServerKey {
         let buf = msg.bytes();
         let via = msg.top_via();
         let method = KeyMethod::of(msg);
@@ -44,7 +47,7 @@ impl ServerKey {
             if let Some(p) = via.port {
                 sent_by.extend_from_slice(format!(":{p}").as_bytes());
             }
-            return ServerKey::Branch { branch, sent_by: Bytes::from(sent_by), method };
+            return ServerKey::Branch { branch, sent_by: Bytes::from(sent_by), method, transport };
         }
         let mut h = std::collections::hash_map::DefaultHasher::new();
         msg.request_uri().map(|u| msg.slice(u.span)).hash(&mut h);
@@ -58,7 +61,9 @@ impl ServerKey {
     /// The key of the INVITE transaction a CANCEL refers to (same branch, method INVITE).
     pub fn invite_of_cancel(&self) -> ServerKey {
         match self {
-            ServerKey::Branch { branch, sent_by, .. } => ServerKey::Branch { branch: branch.clone(), sent_by: sent_by.clone(), method: KeyMethod::Invite },
+            ServerKey::Branch { branch, sent_by, transport, .. } => {
+                ServerKey::Branch { branch: branch.clone(), sent_by: sent_by.clone(), method: KeyMethod::Invite, transport: *transport }
+            }
             ServerKey::Legacy { hash, .. } => ServerKey::Legacy { hash: *hash, method: KeyMethod::Invite },
         }
     }
