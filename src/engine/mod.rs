@@ -346,9 +346,17 @@ impl Engine {
     }
 
     /// Table sizes: (server transactions, client transactions, proxy contexts, dialogs,
-    /// pending lookups). All zero once every call is over and time has passed.
+    /// pending lookups). All zero once every call is over and time has passed. Carrier probes
+    /// run forever by design and are counted apart ([`Engine::probes_in_flight`]).
     pub fn table_sizes(&self) -> (usize, usize, usize, usize, usize) {
-        (self.servers.len(), self.clients.len(), self.contexts.len(), self.dialogs.len(), self.lookups.len())
+        let probes = self.probes_in_flight();
+        let lookups = self.lookups.values().filter(|(_, w)| !matches!(w, proxy::LookupWaiter::Probe { .. })).count();
+        (self.servers.len(), self.clients.len() - probes, self.contexts.len(), self.dialogs.len(), lookups)
+    }
+
+    /// Carrier OPTIONS probes waiting for an answer: at most one per carrier per Timer F.
+    pub fn probes_in_flight(&self) -> usize {
+        self.clients.values().filter(|c| matches!(c.owner, ClientOwner::Probe { .. })).count()
     }
 
     pub fn dialogs(&self) -> impl Iterator<Item = &Dialog> {
