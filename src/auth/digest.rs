@@ -19,7 +19,7 @@ impl Algorithm {
         }
     }
 
-    fn from_name(s: &str) -> Option<Algorithm> {
+    pub fn from_name(s: &str) -> Option<Algorithm> {
         if s.eq_ignore_ascii_case("MD5") {
             Some(Algorithm::Md5)
         } else if s.eq_ignore_ascii_case("SHA-256") {
@@ -155,10 +155,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The `Proxy-Authenticate` (or `WWW-Authenticate`) values for a new challenge: SHA-256 first,
-/// then MD5 (RFC 8760 §2.4: the client uses the first it supports).
-pub fn challenge_headers(realm: &str, nonce: &str, stale: bool) -> Vec<String> {
-    [Algorithm::Sha256, Algorithm::Md5]
+/// The `Proxy-Authenticate` (or `WWW-Authenticate`) values for a new challenge, one per
+/// algorithm in the order given (RFC 8760 §2.4: most preferred first; the client uses the first
+/// it supports).
+pub fn challenge_headers(realm: &str, nonce: &str, stale: bool, algorithms: &[Algorithm]) -> Vec<String> {
+    algorithms
         .iter()
         .map(|a| {
             let stale = if stale { ", stale=true" } else { "" };

@@ -102,6 +102,8 @@ pub enum DigestUriCheck {
 #[derive(Clone, Debug)]
 pub struct AuthConfig {
     pub realm: String,
+    /// Digest algorithms offered in 407 challenges, in this order (one Proxy-Authenticate each).
+    pub algorithms: Vec<crate::auth::Algorithm>,
     pub nonce_lifetime_secs: u64,
     pub digest_uri: DigestUriCheck,
 }
@@ -532,7 +534,7 @@ impl Reader {
     fn auth(&mut self, root: &Table, default_realm: String) -> AuthConfig {
         let t = self.section(root, "auth");
         if let Some(t) = t {
-            self.known_keys(t, "auth", &["realm", "nonce_lifetime_secs", "digest_uri"]);
+            self.known_keys(t, "auth", &["realm", "nonce_lifetime_secs", "digest_uri", "algorithms"]);
         }
         let realm = self.string(t, "auth", "realm").unwrap_or(default_realm);
         if realm.is_empty() || realm.bytes().any(|b| b < b' ' || b == b'"' || b == b'\\' || b >= 0x7f) {
@@ -546,8 +548,20 @@ impl Reader {
                 DigestUriCheck::Strict
             }
         };
+        let mut algorithms = Vec::new();
+        for (i, a) in self.strings(t, "auth", "algorithms").into_iter().enumerate() {
+            match crate::auth::Algorithm::from_name(&a) {
+                Some(x) if !algorithms.contains(&x) => algorithms.push(x),
+                Some(_) => self.issue(&format!("auth.algorithms[{i}]"), "listed twice", Some(&Value::String(a))),
+                None => self.issue(&format!("auth.algorithms[{i}]"), "must be \"SHA-256\" or \"MD5\"", Some(&Value::String(a))),
+            }
+        }
+        if algorithms.is_empty() {
+            algorithms = vec![crate::auth::Algorithm::Sha256, crate::auth::Algorithm::Md5];
+        }
         AuthConfig {
             realm,
+            algorithms,
             nonce_lifetime_secs: self.int(t, "auth", "nonce_lifetime_secs", 10..=3600).unwrap_or(300) as u64,
             digest_uri,
         }

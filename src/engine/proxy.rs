@@ -360,7 +360,7 @@ impl Engine {
             }
             self.stats.challenges += 1;
             let nonce = self.nonces.issue(now_secs, source);
-            let headers = auth::challenge_headers(&realm, &nonce, stale).into_iter().map(|v| ("Proxy-Authenticate", v)).collect();
+            let headers = auth::challenge_headers(&realm, &nonce, stale, &self.auth.algorithms).into_iter().map(|v| ("Proxy-Authenticate", v)).collect();
             return Err(Decision::Answer(407, "Proxy Authentication Required", headers));
         };
         // The From must name the user who authenticated (no calling as somebody else).
