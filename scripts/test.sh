@@ -12,10 +12,14 @@ cd "$(dirname "$0")/.."
 PEERS="
 sipp                    sip-tester
 turnutils_stunclient    coturn
+dnsmasq                 dnsmasq-base
+nft                     nftables
+ip                      iproute2
 "
 
 missing=$(echo "$PEERS" | while read -r cmd pkg; do
-    if [ -n "$cmd" ] && ! command -v "$cmd" >/dev/null 2>&1; then echo "$pkg"; fi
+    # sbin tools (dnsmasq, nft) may be installed but off a non-root PATH: look there too.
+    if [ -n "$cmd" ] && ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ] && [ ! -x "/sbin/$cmd" ]; then echo "$pkg"; fi
 done | sort -u | tr '\n' ' ')
 
 if [ -n "${missing% }" ]; then

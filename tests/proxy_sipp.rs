@@ -270,7 +270,8 @@ fn the_call_completes_with_ten_percent_loss_both_ways() {
         .arg(env!("CARGO_BIN_EXE_sixgate"))
         .args(["run", "-c"])
         .arg(&cfg)
-        .stdout(Stdio::null())
+        .env("RUST_LOG", "sixgate=debug")
+        .stdout(Stdio::from(std::fs::File::create(dir.0.join("sixgate.log")).unwrap()))
         .stderr(Stdio::inherit())
         .spawn()
         .expect("sixgate in the namespace");
@@ -278,7 +279,7 @@ fn the_call_completes_with_ten_percent_loss_both_ways() {
     // Several calls in a row: each must complete through retransmissions alone.
     let mut results = Vec::new();
     for call in 0..3 {
-        let uas = sipp(Some(&ns.0), "uas_call.xml", "127.0.0.1", c1, &[], None);
+        let uas = sipp(Some(&ns.0), "uas_call.xml", "127.0.0.1", c1, &["-d", "4000"], None);
         settle();
         let mut uac = sipp(Some(&ns.0), "uac_call_auth.xml", "::1", 6000 + call, &["-s", "+442079460006", "-auth_uri", &auth_uri("+442079460006", 5060)], Some("[::1]:5060"));
         let out = uac.wait(Duration::from_secs(90));
@@ -292,7 +293,8 @@ fn the_call_completes_with_ten_percent_loss_both_ways() {
     let ok = results.iter().filter(|r| r.0).count();
     eprintln!("lossy calls: {ok}/3 completed; {dropped}");
     assert!(dropped.contains("packets") && !dropped.contains("packets 0 "), "the loss rule dropped nothing: {dropped}");
+    let log = std::fs::read_to_string(dir.0.join("sixgate.log")).unwrap_or_default();
     for (i, r) in results.iter().enumerate() {
-        assert!(r.0, "call {i} failed with 10 % loss:\n{}", r.1);
+        assert!(r.0, "call {i} failed with 10 % loss:\n{}\n--- sixgate log\n{log}", r.1);
     }
 }

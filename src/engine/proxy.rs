@@ -403,6 +403,12 @@ impl Engine {
         let Some(dest) = self.in_dialog_dest(req, &routing) else {
             return Decision::Answer(416, "Unsupported URI Scheme", vec![]);
         };
+        if let Dest::Hop(h) = &dest {
+            if self.listeners.iter().any(|(_, a)| *a == h.dest) {
+                // The route leads back to us (a peer's Request-URI names us): do not send to self.
+                return Decision::Answer(482, "Loop Detected", vec![]);
+            }
+        }
         Decision::Forward(Plan {
             parallel: vec![Candidate { ruri: routing.new_ruri.clone(), dest, carrier: None }],
             serial: VecDeque::new(),
