@@ -16,7 +16,7 @@
 #   HOLD_MS=0                   call hold time between ACK and BYE (sipp -d)
 #   SETTLE=1                    seconds after the UAC ends still counted in the proxy/UAS CPU
 #                               (transaction timers); the UAS is stopped after it
-#   SIXGATE_BIN=/work/main/target/release/sixgate   (missing: sixgate is skipped, said loudly)
+#   SIXGATE_BIN=<repo>/target/release/sixgate   (missing: sixgate is skipped, said loudly)
 #   KAMAILIO_BIN=/usr/sbin/kamailio   KAMAILIO_MODULES=/usr/lib/x86_64-linux-gnu/kamailio/modules
 #   KAMAILIO_CHILDREN=2         UDP worker processes per listen socket (2 sockets: 2x this)
 #   SIPP=/usr/bin/sipp
@@ -43,7 +43,7 @@ SIPP=${SIPP:-/usr/bin/sipp}
 KAMAILIO_BIN=${KAMAILIO_BIN:-/usr/sbin/kamailio}
 KAMAILIO_MODULES=${KAMAILIO_MODULES:-/usr/lib/x86_64-linux-gnu/kamailio/modules}
 KAMAILIO_CHILDREN=${KAMAILIO_CHILDREN:-2}
-SIXGATE_BIN=${SIXGATE_BIN:-/work/main/target/release/sixgate}
+SIXGATE_BIN=${SIXGATE_BIN:-$ROOT/target/release/sixgate}
 UAC_SF=$ROOT/benches/sipp/load_uac_auth.xml
 UAS_SF=$ROOT/benches/sipp/load_uas.xml
 NUMBER=+442071234567
@@ -237,7 +237,10 @@ invite_burst_per_source = 1000000
 
 [auth]
 realm = "localhost"
-digest_uri = "lenient"
+# strict: sipp sends the Request-URI as the digest uri thanks to -auth_uri (see the UAC command).
+digest_uri = "strict"
+# sipp 3.6 answers only the first challenge and only MD5.
+algorithms = ["MD5", "SHA-256"]
 
 [log]
 level = "warn"
@@ -312,7 +315,7 @@ run_step() {  # run_step PROXY RATE
         -nostdin -timeout "$((DURATION + 30))s" -recv_timeout 10000 -default_behaviors all,-abortunexp
         -trace_err -error_file "$dir/uas_err.log" -max_log_size 1000000)
     local uac=("$SIPP" -sf "$UAC_SF" -t u1 -i ::1 -p "$UAC_PORT" -mp "$UAC_MP" -cp "$UAC_CP"
-        -s "$NUMBER" "[::1]:$PPORT" -r "$rate" -rp 1000 -m "$calls" -l "$limit" -d "$HOLD_MS"
+        -s "$NUMBER" -auth_uri "$NUMBER@[::1]:$PPORT" "[::1]:$PPORT" -r "$rate" -rp 1000 -m "$calls" -l "$limit" -d "$HOLD_MS"
         -nostdin -timeout "$((DURATION + 10))s" -recv_timeout 5000 -default_behaviors all,-abortunexp
         -trace_stat -stf "$dir/uac_stat.csv" -fd 1
         -trace_err -error_file "$dir/uac_err.log" -max_log_size 1000000)
