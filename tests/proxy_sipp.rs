@@ -11,7 +11,7 @@
 //! offered first here.
 
 mod common;
-use common::{free_port, tool, Sixgate, TempDir};
+use common::{free_port, tool, Dnsmasq, Sixgate, TempDir};
 use std::net::UdpSocket;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -76,10 +76,15 @@ fn sipp_cmd(netns: Option<&str>) -> Command {
 /// Starts sipp with `scenario` bound to `ip:port`, running `calls` calls (UAS: in the
 /// background until they are done).
 fn sipp(netns: Option<&str>, scenario_name: &str, ip: &str, port: u16, args: &[&str], target: Option<&str>) -> Sipp {
+    sipp_over("u1", netns, scenario_name, ip, port, args, target)
+}
+
+/// [`sipp`] over sipp's transport `t` ("u1" UDP, "t1" TCP).
+fn sipp_over(t: &str, netns: Option<&str>, scenario_name: &str, ip: &str, port: u16, args: &[&str], target: Option<&str>) -> Sipp {
     let dir = TempDir::new("sipp");
     let mut cmd = sipp_cmd(netns);
     cmd.current_dir(&dir.0)
-        .args(["-sf", &scenario(scenario_name), "-i", ip, "-p", &port.to_string(), "-t", "u1"])
+        .args(["-sf", &scenario(scenario_name), "-i", ip, "-p", &port.to_string(), "-t", t])
         .args(["-m", "1", "-nostdin", "-timeout", "60s", "-timeout_error", "-trace_err", "-trace_msg"])
         .args(args)
         .stdout(Stdio::piped())
@@ -212,6 +217,40 @@ fn a_carrier_challenge_is_answered_with_its_credentials() {
     settle();
     let target = format!("[::1]:{}", sg.port);
     sipp(None, "uac_call_auth.xml", "::1", port(), &["-s", "+33144556677", "-auth_uri", &auth_uri("+33144556677", sg.port)], Some(&target)).expect_success(CALL);
+    uas.expect_success(CALL);
+}
+
+#[test]
+fn a_carrier_over_tcp_gets_a_connection_opened_and_reused_in_dialog() {
+    let (sgp, c1) = (port(), port());
+    let sg = Sixgate::start(sgp, &config(sgp, &carrier("c1", c1, "+44", 1, "").replace(&format!("127.0.0.1:{c1}\""), &format!("127.0.0.1:{c1};transport=tcp\"")), ""));
+    // rr_check: two Record-Route entries, UDP/IPv6 side and TCP/IPv4 side.
+    let uas = sipp_over("t1", None, "uas_call.xml", "127.0.0.1", c1, &["-set", "rr_check", "1"], None);
+    settle();
+    let target = format!("[::1]:{}", sg.port);
+    sipp(None, "uac_call_auth.xml", "::1", port(), &["-s", "+442079460007", "-auth_uri", &auth_uri("+442079460007", sg.port), "-set", "rr_check", "1"], Some(&target)).expect_success(CALL);
+    uas.expect_success(CALL);
+}
+
+#[test]
+fn a_carrier_by_name_is_found_by_rfc_3263_and_fails_over_across_srv_targets() {
+    let (sgp, silent, live) = (port(), port(), port());
+    let _black_hole = UdpSocket::bind(("127.0.0.1", silent)).unwrap();
+    // NAPTR -> SRV with two targets: the preferred one never answers.
+    let dns = Dnsmasq::start(&[
+        "--naptr-record=carrier.sixgate.test,10,50,s,SIP+D2U,,_sip._udp.carrier.sixgate.test".into(),
+        format!("--srv-host=_sip._udp.carrier.sixgate.test,dead.sixgate.test,{silent},10,0"),
+        format!("--srv-host=_sip._udp.carrier.sixgate.test,live.sixgate.test,{live},20,0"),
+        "--host-record=dead.sixgate.test,127.0.0.1".into(),
+        "--host-record=live.sixgate.test,127.0.0.1".into(),
+    ]);
+    let carriers = "[[carriers]]\nname = \"named\"\nuri = \"sip:carrier.sixgate.test\"\nprefixes = [\"+44\"]\nprobe_interval_secs = 0\n";
+    let extra = format!("[timers]\nt1_ms = 100\nt2_ms = 4000\n[dns]\nservers = [\"{}\"]\n", dns.addr);
+    let sg = Sixgate::start(sgp, &config(sgp, carriers, &extra));
+    let uas = sipp(None, "uas_call.xml", "127.0.0.1", live, &["-set", "rr_check", "1"], None);
+    settle();
+    let target = format!("[::1]:{}", sg.port);
+    sipp(None, "uac_call_auth.xml", "::1", port(), &["-s", "+442079460008", "-auth_uri", &auth_uri("+442079460008", sg.port), "-set", "rr_check", "1"], Some(&target)).expect_success(CALL);
     uas.expect_success(CALL);
 }
 

@@ -535,3 +535,23 @@ fn under_heavy_loss_every_transaction_terminates_and_every_table_drains() {
     let answered = (100..120).filter(|&s| lossy_call(s, 0.1).0).count();
     assert!(answered >= 18, "{answered}/20 calls got their final response through 10 % loss");
 }
+
+#[test]
+fn carrier_probes_mark_a_silent_carrier_down_and_an_answering_one_up_again() {
+    let cfg = CFG.replacen("probe_interval_secs = 0", "probe_interval_secs = 30", 1);
+    let mut sim = Sim::with(&cfg);
+    // The first probe goes out within a second of start.
+    let sent = sim.run_until(Duration::from_secs(1));
+    let probe = sent.iter().find(|(_, t)| t.dest == sa(PRIMARY)).expect("probe").1.clone();
+    assert!(text(&probe).starts_with("OPTIONS sip:198.51.100.1:5060 SIP/2.0\r\n"), "{}", text(&probe));
+    // Unanswered: down after Timer F; calls skip it and go to the backup at once.
+    sim.run_until(Duration::from_secs(34));
+    assert_eq!(sim.eng.carrier_up("primary"), Some(false));
+    let out = authed_invite(&mut sim, "+442079999999", "call-p");
+    assert!(out.iter().any(|t| t.dest == sa(BACKUP)) && out.iter().all(|t| t.dest != sa(PRIMARY)));
+    // The next probe is answered (any answer will do): up again.
+    let sent = sim.run_until(Duration::from_secs(62));
+    let probe = sent.iter().rev().find(|(_, t)| t.dest == sa(PRIMARY) && text(t).starts_with("OPTIONS")).expect("second probe").1.clone();
+    sim.send(PRIMARY, &respond(&probe, 200, "OK", Some("p"), ""));
+    assert_eq!(sim.eng.carrier_up("primary"), Some(true));
+}

@@ -129,3 +129,50 @@ pub fn recv_retrying(s: &UdpSocket, buf: &mut [u8], what: &str) -> usize {
     }
     panic!("{what}: receive interrupted 100 times in a row")
 }
+
+/// A dnsmasq (Debian `dnsmasq-base`) answering `records` (its `--srv-host=`, `--naptr-record=`,
+/// `--host-record=` options) for `*.sixgate.test` on 127.0.0.1; killed on drop.
+pub struct Dnsmasq {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Dnsmasq {
+    pub fn start(records: &[String]) -> Dnsmasq {
+        let bin = tool("dnsmasq");
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new(&bin)
+                .args(["--no-daemon", "--no-resolv", "--no-hosts", "--bind-interfaces", "--listen-address=127.0.0.1"])
+                .args(["--conf-file=/dev/null", "--pid-file=", "--local=/sixgate.test/", "--local-ttl=60"])
+                .arg(format!("--port={port}"))
+                .args(records)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn dnsmasq");
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // lost the port race: try another
+                }
+                if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    return Dnsmasq { child, addr };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("dnsmasq did not start in 5 tries");
+    }
+}
