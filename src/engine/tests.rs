@@ -555,3 +555,87 @@ fn carrier_probes_mark_a_silent_carrier_down_and_an_answering_one_up_again() {
     sim.send(PRIMARY, &respond(&probe, 200, "OK", Some("p"), ""));
     assert_eq!(sim.eng.carrier_up("primary"), Some(true));
 }
+
+#[test]
+fn parallel_fork_a_2xx_cancels_the_other_branch_and_a_6xx_ends_the_fork() {
+    let cfg = CFG.replace(
+        "contacts = [\"sip:pbx@[2001:db8::77]:5060\"]",
+        "contacts = [\"sip:pbx@[2001:db8::77]:5060\", \"sip:pbx@[2001:db8::78]:5060\"]",
+    );
+    let from_carrier = |call: &str| {
+        invite("sip:+442079000000@sixgate.test", "x", call, call, 1, "")
+            .replace("[2001:db8::10]:5062", "198.51.100.1:5060")
+            .replace("x@sixgate.test", "+441@198.51.100.1")
+    };
+    for (answer, reason) in [(200u16, "OK"), (603, "Decline")] {
+        let mut sim = Sim::with(&cfg);
+        let out = sim.send(PRIMARY, &from_carrier(&format!("fork-{answer}")));
+        let a = out.iter().find(|t| t.dest == sa("[2001:db8::77]:5060")).expect("branch a").clone();
+        let b = out.iter().find(|t| t.dest == sa("[2001:db8::78]:5060")).expect("branch b").clone();
+        sim.send("[2001:db8::78]:5060", &respond(&b, 180, "Ringing", Some("b"), ""));
+        let out = sim.send("[2001:db8::77]:5060", &respond(&a, answer, reason, Some("a"), "Contact: <sip:pbx@[2001:db8::77]:5060>\r\n"));
+        // A 2xx goes upstream at once; a 6xx waits for the cancelled branches (§16.7 step 5).
+        assert_eq!(out.iter().any(|t| t.dest == sa(PRIMARY) && status(t) == answer), answer == 200);
+        let cancel = out.iter().find(|t| t.dest == sa("[2001:db8::78]:5060")).expect("CANCEL to the ringing branch");
+        assert!(text(cancel).starts_with("CANCEL sip:pbx@[2001:db8::78]:5060 SIP/2.0"), "{}", text(cancel));
+        sim.send("[2001:db8::78]:5060", &respond(cancel, 200, "OK", Some("b"), ""));
+        let out = sim.send("[2001:db8::78]:5060", &respond(&b, 487, "Request Terminated", Some("b"), ""));
+        let up: Vec<u16> = out.iter().filter(|t| t.dest == sa(PRIMARY)).map(status).collect();
+        // The 487 of the cancelled branch never goes up; the 603 does once every branch is done.
+        assert_eq!(up, if answer == 200 { vec![] } else { vec![603] }, "{out:?}");
+        sim.run_until(Duration::from_secs(200));
+        assert!(sim.drained(), "{:?}", sim.eng.table_sizes());
+    }
+}
+
+#[test]
+fn strict_router_compatibility_loop_detection_and_rfc_2543_peers() {
+    let mut sim = Sim::new();
+    let out = authed_invite(&mut sim, "+442079999999", "call-s");
+    let inv = out[1].clone();
+    sim.send(PRIMARY, &respond(&inv, 200, "OK", Some("s9"), "Contact: <sip:+442079999999@198.51.100.1:5060>\r\n"));
+    // A strict router put our Record-Route URI into the Request-URI and the target into Route.
+    let bye = "BYE sip:192.0.2.5:5060;lr SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::10]:5062;branch=z9hG4bKstrict;rport\r\n\
+               Route: <sip:+442079999999@198.51.100.1:5060>\r\nMax-Forwards: 70\r\n\
+               From: <sip:alice@sixgate.test>;tag=caller1\r\nTo: <sip:+442079999999@sixgate.test>;tag=s9\r\nCall-ID: call-s\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n";
+    let out = sim.send(PHONE, bye);
+    let fwd = out.iter().find(|t| t.dest == sa(PRIMARY)).expect("forwarded");
+    assert!(text(fwd).starts_with("BYE sip:+442079999999@198.51.100.1:5060 SIP/2.0\r\n"), "{}", text(fwd));
+    assert!(!text(fwd).contains("Route:"), "{}", text(fwd));
+    // The same BYE coming back to us (a loop through the carrier): 482.
+    let looped = text(fwd).replacen("BYE sip:+442079999999@198.51.100.1:5060", "BYE sip:192.0.2.5:5060;lr", 1).replacen(
+        "Max-Forwards: 69\r\n",
+        "Route: <sip:+442079999999@198.51.100.1:5060>\r\nMax-Forwards: 68\r\n",
+        1,
+    );
+    let out = sim.send(PRIMARY, &looped);
+    assert_eq!(status(out.last().unwrap()), 482, "{}", text(out.last().unwrap()));
+
+    // RFC 2543 peer (no magic cookie): its retransmission and its ACK match its transaction.
+    let old = "OPTIONS sip:sixgate.test SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::10]:5062;branch=old1\r\n\
+               From: <sip:alice@sixgate.test>;tag=o\r\nTo: <sip:sixgate.test>\r\nCall-ID: old\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+    let first = sim.send(PHONE, old);
+    let again = sim.send(PHONE, old);
+    assert_eq!(first.len(), 1);
+    assert_eq!(again.len(), 1, "the retransmission gets the same answer again");
+    assert_eq!(first[0].bytes, again[0].bytes);
+}
+
+#[test]
+fn transaction_and_dialog_limits_answer_503() {
+    let cfg = CFG.replace("invite_burst_per_source = 10", "invite_burst_per_source = 10\nmax_transactions = 3\nmax_dialogs = 1");
+    let mut sim = Sim::with(&cfg);
+    let mut codes = Vec::new();
+    for i in 0..4 {
+        let out = sim.send(PHONE, &invite("sip:+442079999999@sixgate.test", "alice", &format!("l{i}"), &format!("l{i}"), 1, ""));
+        codes.push(status(out.last().unwrap()));
+    }
+    assert_eq!(codes, vec![407, 407, 407, 503], "three transactions held (Completed, waiting for ACKs), the fourth refused");
+    let mut sim = Sim::with(&cfg.replace("max_transactions = 3", "max_transactions = 100"));
+    let out = authed_invite(&mut sim, "+442079999999", "d1");
+    sim.send(PRIMARY, &respond(&out[1], 200, "OK", Some("d"), "Contact: <sip:x@198.51.100.1>\r\n"));
+    assert_eq!(sim.eng.dialogs().count(), 1);
+    let out = authed_invite(&mut sim, "+442079999999", "d2");
+    let last = out.last().unwrap();
+    assert_eq!((status(last), last.dest), (503, sa(PHONE)), "{}", text(last));
+}
