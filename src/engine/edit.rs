@@ -177,13 +177,10 @@ fn originated_start(out: &mut BytesMut, sent: &Message, method: &str) {
         out.put_slice(sent.slice(u.span));
     }
     out.put_slice(b" SIP/2.0\r\n");
-    if let Some(h) = sent.headers_named(HeaderName::Via).next() {
-        // Our Via is the first element of the first Via line we wrote.
-        out.put_slice(b"Via: ");
-        out.put_slice(sent.slice(sent.vias[0].span));
-        out.put_slice(b"\r\n");
-        let _ = h;
-    }
+    // Only our own Via, the first element of the request we sent (validation guarantees one).
+    out.put_slice(b"Via: ");
+    out.put_slice(sent.slice(sent.vias[0].span));
+    out.put_slice(b"\r\n");
     out.put_slice(b"Max-Forwards: 70\r\n");
     copy_line(out, sent, HeaderName::From);
 }

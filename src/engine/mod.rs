@@ -88,6 +88,8 @@ pub struct Stats {
     pub transaction_timeouts: u64,
     pub send_failures: u64,
     pub calls_answered: u64,
+    /// Answers not sent on UDP because they would be over 3x the request (spoofing guard).
+    pub amplification_refused: u64,
     /// Responses we generated, by status code.
     pub generated: BTreeMap<u16, u64>,
 }
@@ -407,7 +409,7 @@ impl Engine {
         }
         let hop = Hop { transport: e.reply.transport, local: e.reply.local, dest: e.reply.dest };
         self.transmit(hop, bytes, None);
-        self.server_rescheduled(now, sid);
+        self.server_rescheduled(sid);
         true
     }
 
@@ -421,25 +423,31 @@ impl Engine {
         if !self.server_header.is_empty() {
             r = r.header("Server", &self.server_header);
         }
+        let bytes = r.finish();
+        let (source, udp, request_len) = (e.from.remote, e.reply.transport == TransportKind::Udp, e.request.bytes().len());
         if status >= 300 {
             *self.stats.generated.entry(status).or_insert(0) += 1;
-            let source = e.from.remote;
             if status != 487 {
                 self.event(Event::Refused { status, reason, source });
             }
         }
-        let bytes = r.finish();
+        // On UDP the source is unproven: never answer with much more than arrived (a spoofed
+        // tiny request must not buy a large 407 for its victim). Real requests are far larger
+        // than our answers (an INVITE carries SDP).
+        if udp && bytes.len() > crate::transport::udp::MAX_UDP_AMPLIFICATION * request_len {
+            self.stats.amplification_refused += 1;
+            return;
+        }
         self.send_response(now, sid, status, bytes);
     }
 
     /// After a server transaction changed: re-index its deadline, or drop it when it ended.
-    fn server_rescheduled(&mut self, _now: Instant, sid: u64) {
+    fn server_rescheduled(&mut self, sid: u64) {
         let Some(e) = self.servers.get(&sid) else { return };
-        // A reliable non-INVITE transaction with its final response sent is over at once.
-        let over = e.txn.is_terminated() || e.txn.deadline().is_some_and(|d| d <= _now && e.txn.final_sent() && e.txn.kind == crate::transaction::Kind::NonInvite && e.txn.reliable);
-        if over {
+        if e.txn.is_terminated() {
             self.remove_server(sid);
         } else {
+            // A deadline already due (Timer J/I of 0 over TCP) fires at the next timeout call.
             let d = e.txn.deadline();
             self.schedule(TimerRef::Server(sid), d);
         }
@@ -472,7 +480,7 @@ impl Engine {
             }
             ServerFired::Done | ServerFired::Nothing => {}
         }
-        self.server_rescheduled(now, sid);
+        self.server_rescheduled(sid);
     }
 
     // ----- client transactions -----
@@ -557,10 +565,10 @@ impl Engine {
         match owner {
             ClientOwner::Branch { ctx, branch } => self.branch_response(now, ctx, branch, cid, status, resp),
             ClientOwner::Probe { carrier } => {
-                // Any answer, even an error, shows the carrier is alive; only silence marks it down.
-                let up = status != 408 && status != 503 || resp.is_some();
+                // Any final answer, even an error, shows the carrier is alive; only silence
+                // (Timer F) or a transport failure marks it down.
                 if status >= 200 {
-                    self.carrier_health(carrier, up);
+                    self.carrier_health(carrier, resp.is_some());
                 }
             }
             ClientOwner::Cancel => {}

@@ -115,7 +115,7 @@ struct Plan {
 struct Routing {
     pop_routes: usize,
     pop_last_route: bool,
-    /// The URI to send to when Route entries remain, as (uri text, parsed target).
+    /// The URI to send to when Route entries remain.
     next_route: Option<TargetUri>,
     /// Strict-router compatibility: the Request-URI to use instead.
     new_ruri: Option<String>,
@@ -214,7 +214,9 @@ impl Engine {
         }
         let routing = self.route_processing(req);
         let for_us = routing.new_ruri.is_none() && routing.next_route.is_none() && self.addressed_to_us(req);
-        if req.max_forwards == Some(0) && !(for_us || method == Method::Options && self.addressed_to_us(req)) {
+        // RFC 3261 §11 / §16.3 step 3: an OPTIONS that cannot go further is answered by us.
+        let options_here = method == Method::Options && req.max_forwards == Some(0);
+        if req.max_forwards == Some(0) && !for_us && !options_here {
             return Answer(483, "Too Many Hops", vec![]);
         }
         if self.is_loop(req) {
@@ -223,7 +225,7 @@ impl Engine {
         if req.to.tag.is_some() {
             return self.decide_in_dialog(now, req, routing);
         }
-        if for_us || (req.max_forwards == Some(0) && method == Method::Options) {
+        if for_us || options_here {
             return self.answer_for_us(req, method);
         }
         if routing.next_route.is_some() {
@@ -509,14 +511,15 @@ impl Engine {
     }
 
     /// A destination for a configured or routed URI: a hop for IP literals, a lookup otherwise.
+    /// `None` when we cannot reach it: a `sips:` URI (no TLS transport yet) or no listener of
+    /// its family and transport.
     pub(super) fn dest_of(&self, t: &TargetUri) -> Option<Dest> {
-        let transport = if t.secure { Some(TransportKind::Tcp) } else { t.transport };
+        if t.secure {
+            return None;
+        }
         match t.ip {
-            Some(ip) => {
-                let port = t.port.unwrap_or(if t.secure { 5061 } else { 5060 });
-                self.hop_to(transport.unwrap_or(TransportKind::Udp), SocketAddr::new(ip, port)).map(Dest::Hop)
-            }
-            None => Some(Dest::Lookup(Query { host: t.host.clone(), port: t.port, transport: t.transport, secure: t.secure })),
+            Some(ip) => self.hop_to(t.transport.unwrap_or(TransportKind::Udp), SocketAddr::new(ip, t.port.unwrap_or(5060))).map(Dest::Hop),
+            None => Some(Dest::Lookup(Query { host: t.host.clone(), port: t.port, transport: t.transport, secure: false })),
         }
     }
 
@@ -613,7 +616,7 @@ impl Engine {
         };
         let Some((first, rest)) = hops.split_first() else {
             // Nothing to send to: counts as a 503 from this candidate (§16.7 failover).
-            self.candidate_failed(now, ctx_id, c.carrier, 503);
+            self.candidate_failed(now, ctx_id, 503);
             return;
         };
         if let Some(ctx) = self.contexts.get_mut(&ctx_id) {
@@ -626,11 +629,10 @@ impl Engine {
 
     /// A candidate that could not even be tried (no address, no listener): record the failure
     /// and move on to the next one.
-    fn candidate_failed(&mut self, now: Instant, ctx_id: u64, carrier: Option<usize>, status: u16) {
+    fn candidate_failed(&mut self, now: Instant, ctx_id: u64, status: u16) {
         let Some(ctx) = self.contexts.get_mut(&ctx_id) else { return };
         record_best(ctx, status, None);
         if let Some(next) = ctx.serial.pop_front() {
-            let _ = carrier;
             self.start_branch(now, ctx_id, next);
         }
         self.maybe_finish(now, ctx_id);
@@ -673,7 +675,7 @@ impl Engine {
             Err(e) => {
                 // Our edits made something unparsable: a bug, never the caller's fault.
                 tracing::error!(error = %e, "forwarded request does not parse");
-                self.candidate_failed(now, ctx_id, c.carrier, 500);
+                self.candidate_failed(now, ctx_id, 500);
                 return;
             }
         };
@@ -967,6 +969,7 @@ impl Engine {
     /// ACK: absorbed by the INVITE transaction it completes (non-2xx), or forwarded end to end
     /// along the dialog's route (2xx). Stateless: never answered.
     fn on_ack(&mut self, now: Instant, msg: Message, from: Inbound) {
+        // Matched by the transport it arrived on, like every request (transaction::key).
         let key = ServerKey::of(&msg, from.transport);
         if let Some(&sid) = self.server_index.get(&key) {
             if let Some(e) = self.servers.get_mut(&sid) {
@@ -974,12 +977,11 @@ impl Engine {
                     if !e.txn.on_ack(now, &self.timing) {
                         self.stats.retransmissions_absorbed += 1;
                     }
-                    self.server_rescheduled(now, sid);
+                    self.server_rescheduled(sid);
                     return;
                 }
             }
         }
-        let _ = from;
         if msg.to.tag.is_none() {
             self.stats.stray_acks += 1;
             return;

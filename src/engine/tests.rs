@@ -639,3 +639,20 @@ fn transaction_and_dialog_limits_answer_503() {
     let last = out.last().unwrap();
     assert_eq!((status(last), last.dest), (503, sa(PHONE)), "{}", text(last));
 }
+
+#[test]
+fn no_amplified_answer_on_udp_and_options_with_max_forwards_zero_is_ours() {
+    let mut sim = Sim::new();
+    // A tiny compact INVITE from a spoofable UDP source: its 407 would be over 3x its size.
+    let tiny = "INVITE sip:+44@sixgate.test SIP/2.0\r\nv:SIP/2.0/UDP a;branch=z9hG4bKt\r\nf:<sip:alice@sixgate.test>;tag=1\r\nt:<sip:+44@sixgate.test>\r\ni:c\r\nCSeq:1 INVITE\r\n\r\n";
+    let out = sim.send(PHONE, tiny);
+    assert!(out.iter().all(|t| status(t) == 100), "{out:?}");
+    assert_eq!(sim.eng.stats.amplification_refused, 1);
+    // Over TCP the handshake proved the source: answered.
+    let out = sim.send_over(TransportKind::Tcp, PHONE, &tiny.replace("z9hG4bKt", "z9hG4bKt2").replace("SIP/2.0/UDP", "SIP/2.0/TCP").replace("\r\n\r\n", "\r\nl:0\r\n\r\n"));
+    assert_eq!(status(out.last().unwrap()), 407);
+    // RFC 3261 §11: an OPTIONS that may go no further is answered by the proxy.
+    let opt = "OPTIONS sip:bob@elsewhere.example SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::10]:5062;branch=z9hG4bKmf0\r\nMax-Forwards: 0\r\n\
+               From: <sip:x@elsewhere.example>;tag=1\r\nTo: <sip:bob@elsewhere.example>\r\nCall-ID: mf0\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+    assert_eq!(status(&sim.send(PHONE, opt)[0]), 200);
+}
