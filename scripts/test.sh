@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 # command the tests run   Debian package that provides it
 PEERS="
 sipp                    sip-tester
+baresip                 baresip-core
 turnutils_stunclient    coturn
 dnsmasq                 dnsmasq-base
 nft                     nftables

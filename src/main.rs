@@ -92,7 +92,7 @@ fn run(file: Option<PathBuf>) -> ExitCode {
             }
         };
         sixgate::server::wait_for_signal().await;
-        tracing::info!("shutting down");
+        tracing::info!("shutting down; counters:\n{}", server.render_metrics());
         server.shutdown();
         ExitCode::SUCCESS
     })

@@ -91,6 +91,15 @@ impl Server {
         Ok(Server { core, tcp_table, bound, engine_stats, tasks })
     }
 
+    /// Every counter (transports and engine) in Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        let mut out = self.core.metrics.render();
+        if let Ok(s) = self.engine_stats.lock() {
+            out.push_str(&s.render());
+        }
+        out
+    }
+
     pub fn shutdown(self) {
         for t in self.tasks {
             t.abort();

@@ -254,6 +254,49 @@ fn a_carrier_by_name_is_found_by_rfc_3263_and_fails_over_across_srv_targets() {
     uas.expect_success(CALL);
 }
 
+/// baresip (Debian `baresip-core`), a real phone stack, places the call: it answers the 407 with
+/// the Request-URI as digest `uri`, so the strict check is exercised by a client other than sipp.
+/// It has no sound card here and hangs up right after the answer, which the callee's scenario
+/// takes as a complete call (INVITE, 200, ACK, BYE).
+#[test]
+fn baresip_calls_through_the_strict_digest_check() {
+    let (sgp, c1, phone) = (port(), port(), port());
+    // baresip 1.0 gives up on any SHA-256 challenge: MD5 only (the default).
+    let cfg = config(sgp, &carrier("c1", c1, "+44", 1, ""), "").replace("algorithms = [\"MD5\", \"SHA-256\"]\n", "");
+    assert!(cfg.contains("digest_uri = \"strict\""));
+    let sg = Sixgate::start(sgp, &cfg);
+    let uas = sipp(None, "uas_call.xml", "127.0.0.1", c1, &["-set", "rr_check", "1"], None);
+    settle();
+    let dir = TempDir::new("baresip");
+    std::fs::write(
+        dir.0.join("config"),
+        format!(
+            "sip_listen [::1]:{phone}\nsip_trans_def udp\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\n\
+             module ausine.so\nmodule aufile.so\nmodule_app account.so\nmodule_app menu.so\n\
+             audio_source ausine,440\naudio_player aufile,{0}/out.wav\naudio_alert aufile,{0}/alert.wav\n",
+            dir.0.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.0.join("accounts"),
+        format!("<sip:alice@localhost;transport=udp>;auth_pass=secret;outbound=\"sip:[::1]:{};transport=udp\";regint=0\n", sg.port),
+    )
+    .unwrap();
+    let out = Command::new("timeout")
+        .arg("30")
+        .arg(tool("baresip"))
+        .arg("-f")
+        .arg(&dir.0)
+        .args(["-e", "/dial sip:+442079460009@localhost", "-t", "8"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run baresip");
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(log.contains("Progress: 100 Trying") && !log.contains("403") && !log.contains("407 Proxy"), "baresip:\n{log}");
+    uas.expect_success(CALL);
+}
+
 /// A network namespace with its own loopback, removed on drop.
 struct Netns(String);
 

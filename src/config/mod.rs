@@ -557,7 +557,7 @@ impl Reader {
             }
         }
         if algorithms.is_empty() {
-            algorithms = vec![crate::auth::Algorithm::Sha256, crate::auth::Algorithm::Md5];
+            algorithms = vec![crate::auth::Algorithm::Md5];
         }
         AuthConfig {
             realm,

@@ -94,6 +94,37 @@ pub struct Stats {
     pub generated: BTreeMap<u16, u64>,
 }
 
+impl Stats {
+    /// The counters in Prometheus text exposition format (the operations work serves it).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let plain = [
+            ("requests_received", self.requests_received),
+            ("responses_received", self.responses_received),
+            ("requests_forwarded", self.requests_forwarded),
+            ("responses_forwarded", self.responses_forwarded),
+            ("retransmissions_absorbed", self.retransmissions_absorbed),
+            ("retransmissions_sent", self.retransmissions_sent),
+            ("stray_responses", self.stray_responses),
+            ("stray_acks", self.stray_acks),
+            ("digest_challenges", self.challenges),
+            ("digest_failures", self.auth_failures),
+            ("invite_rate_limited", self.rate_limited),
+            ("transaction_timeouts", self.transaction_timeouts),
+            ("send_failures", self.send_failures),
+            ("calls_answered", self.calls_answered),
+            ("amplification_refused", self.amplification_refused),
+        ];
+        for (name, v) in plain {
+            out.push_str(&format!("sixgate_engine_{name}_total {v}\n"));
+        }
+        for (code, v) in &self.generated {
+            out.push_str(&format!("sixgate_engine_responses_generated_total{{code=\"{code}\"}} {v}\n"));
+        }
+        out
+    }
+}
+
 /// What a timer in the index belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum TimerRef {

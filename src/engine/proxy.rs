@@ -527,13 +527,7 @@ impl Engine {
 
     fn forward(&mut self, now: Instant, sid: u64, req: Message, from: Inbound, plan: Plan) {
         let routing = self.route_processing(&req);
-        let realm = self.auth.realm.clone();
-        // Our realm's credentials stop here (RFC 3261 §22.3); others travel on.
-        let drop_lines = req
-            .headers_named(HeaderName::ProxyAuthorization)
-            .filter(|h| auth::parse_params(req.slice(h.value)).is_some_and(|(_, p)| p.iter().any(|(k, v)| k == "realm" && *v == realm)))
-            .map(|h| h.line)
-            .collect();
+        let drop_lines = self.our_credentials(&req);
         let ctx_id = self.id();
         let is_invite = req.method() == Some(Method::Invite);
         self.contexts.insert(
@@ -566,6 +560,16 @@ impl Engine {
             self.start_branch(now, ctx_id, c);
         }
         self.maybe_finish(now, ctx_id);
+    }
+
+    /// Our realm's Proxy-Authorization lines: they stop here (RFC 3261 §22.3), others travel on.
+    /// Phones repeat them on every later request of the call (ACK, BYE), so this runs for all.
+    fn our_credentials(&self, req: &Message) -> Vec<Span> {
+        let realm = self.auth.realm.as_str();
+        req.headers_named(HeaderName::ProxyAuthorization)
+            .filter(|h| auth::parse_params(req.slice(h.value)).is_some_and(|(_, p)| p.iter().any(|(k, v)| k == "realm" && v == realm)))
+            .map(|h| h.line)
+            .collect()
     }
 
     fn start_branch(&mut self, now: Instant, ctx_id: u64, c: Candidate) {
@@ -1024,6 +1028,7 @@ impl Engine {
         let proto = if hop.transport == TransportKind::Tcp { "TCP" } else { "UDP" };
         let top = format!("Via: SIP/2.0/{proto} {};branch={branch};rport\r\n", self.advertised(&hop));
         let cseq = msg.cseq.seq.wrapping_add(cseq_offset);
+        let drop_lines = self.our_credentials(&msg);
         let bytes = edit::forward_request(
             &msg,
             &Forward {
@@ -1031,6 +1036,7 @@ impl Engine {
                 top: &top,
                 pop_routes: routing.pop_routes,
                 pop_last_route: routing.pop_last_route,
+                drop_lines: &drop_lines,
                 cseq: (cseq != msg.cseq.seq).then_some(cseq),
                 ..Default::default()
             },
