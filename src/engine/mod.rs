@@ -174,8 +174,10 @@ struct ClientEntry {
     owner: ClientOwner,
     /// The ACK we sent for a non-2xx answer, sent again for each retransmission of it.
     ack: Option<Bytes>,
-    /// Timer C (INVITE branches of a proxy).
+    /// Timer C (INVITE branches of a proxy); after our CANCEL, the wait for the INVITE's answer.
     timer_c: Option<Instant>,
+    /// We sent a CANCEL for this INVITE.
+    cancel_sent: bool,
 }
 
 impl ClientEntry {
@@ -530,7 +532,7 @@ impl Engine {
         let id = self.id();
         let timer_c = (with_timer_c && kind == crate::transaction::Kind::Invite).then(|| now + self.timer_c);
         self.client_index.insert(key.clone(), id);
-        self.clients.insert(id, ClientEntry { txn, key, request: parsed, hop, owner, ack: None, timer_c });
+        self.clients.insert(id, ClientEntry { txn, key, request: parsed, hop, owner, ack: None, timer_c, cancel_sent: false });
         self.transmit(hop, bytes, Some(id));
         self.client_rescheduled(id);
         Some(id)

@@ -52,6 +52,9 @@ struct Branch {
     hop: Hop,
     final_status: Option<u16>,
     provisional: bool,
+    /// A provisional answer beyond 100 arrived (the callee was alerted): no failover after that,
+    /// or the callee's phone would ring on a second route.
+    alerted: bool,
     cancel_pending: bool,
     auth_retried: bool,
     /// The CSeq number this branch's request carried.
@@ -687,7 +690,7 @@ impl Engine {
         let index = ctx.branches.len();
         let auth_retried = auth.is_some();
         if let Some(ctx) = self.contexts.get_mut(&ctx_id) {
-            ctx.branches.push(Branch { client: None, candidate: c, hop, final_status: None, provisional: false, cancel_pending: false, auth_retried, cseq });
+            ctx.branches.push(Branch { client: None, candidate: c, hop, final_status: None, provisional: false, alerted: false, cancel_pending: false, auth_retried, cseq });
         }
         let cid = self.start_client(now, parsed, bytes, hop, ClientOwner::Branch { ctx: ctx_id, branch: index }, is_invite);
         self.stats.requests_forwarded += 1;
@@ -712,6 +715,7 @@ impl Engine {
         let upstream = |resp: &Message, b: &Branch| edit::pop_via_and_cseq(resp, (b.cseq != original_cseq).then_some(original_cseq));
         if status < 200 {
             b.provisional = true;
+            b.alerted |= status > 100;
             let cancel_now = std::mem::take(&mut b.cancel_pending);
             let forward = status > 100 && !ctx.final_sent;
             let bytes = resp.as_ref().filter(|_| forward).map(|r| upstream(r, b));
@@ -781,12 +785,13 @@ impl Engine {
         }
         let Some(ctx) = self.contexts.get_mut(&ctx_id) else { return };
         let b = &ctx.branches[index];
+        let alerted = b.alerted;
         // A carrier's challenge we cannot answer means the carrier refused us, not the caller.
         let (status, bytes) = match (carrier, status) {
             (Some(_), 401 | 407) => (503, None),
             _ => (status, resp.as_ref().map(|r| upstream(r, b))),
         };
-        if carrier.is_some() && resp.is_none() && status == 408 {
+        if carrier.is_some() && resp.is_none() && status == 408 && !alerted {
             // The carrier did not answer at all: skip it until its probe answers again.
             if let Some(c) = carrier {
                 self.carrier_health(c, false);
@@ -797,7 +802,7 @@ impl Engine {
         if status >= 600 && ctx.is_invite {
             ctx.serial.clear();
             self.cancel_pending_branches(now, ctx_id);
-        } else if failover(status) && !ctx.cancelled {
+        } else if failover(status) && !ctx.cancelled && !alerted {
             if let Some(next) = ctx.serial.pop_front() {
                 self.start_branch(now, ctx_id, next);
             }
@@ -851,6 +856,7 @@ impl Engine {
         }
         let bytes = edit::cancel_for(&e.request);
         let hop = e.hop;
+        e.cancel_sent = true;
         // If the callee never answers the INVITE after our CANCEL, give up 64*T1 later.
         e.timer_c = Some(now + self.timing.long());
         self.client_rescheduled(cid);
@@ -863,9 +869,7 @@ impl Engine {
     /// Timer C of an INVITE branch (§16.8): CANCEL it if it is ringing, else treat it as 408.
     pub(super) fn timer_c_fired(&mut self, now: Instant, cid: u64) {
         let Some(e) = self.clients.get(&cid) else { return };
-        let ringing = e.txn.is_proceeding();
-        let cancel_sent = self.client_index.keys().any(|k| k.method.as_ref() == b"CANCEL" && k.branch == e.key.branch);
-        if ringing && !cancel_sent {
+        if e.txn.is_proceeding() && !e.cancel_sent {
             self.send_cancel(now, cid);
         } else {
             self.client_failed(now, cid, 408);

@@ -478,7 +478,6 @@ fn lossy_call(seed: u64, loss: f64) -> (bool, (usize, usize, usize, usize, usize
     let mut phone_final = None;
     let mut carrier_invite: Option<Transmit> = None;
     let mut carrier_ack = false;
-    let mut acks_sent = 0;
     let limit = Duration::from_secs(300);
     for _round in 0..20_000 {
         // Deliver (or lose, or duplicate) everything in flight after a 10 ms hop.
@@ -502,7 +501,6 @@ fn lossy_call(seed: u64, loss: f64) -> (bool, (usize, usize, usize, usize, usize
                     }
                 } else if t.dest == sa(PHONE) && status(&t) >= 300 {
                     phone_final = Some(status(&t));
-                    acks_sent += 1;
                     let ack = format!("ACK {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::10]:5062;branch=z9hG4bKlossy-{seed}a2;rport\r\nMax-Forwards: 70\r\nFrom: <sip:alice@sixgate.test>;tag=caller1\r\nTo: <{ruri}>;tag=lossy\r\nCall-ID: lossy-{seed}\r\nCSeq: 2 ACK\r\nContent-Length: 0\r\n\r\n");
                     let out = sim.send(PHONE, &ack);
                     in_flight.extend(out.into_iter().map(|x| (sim.now, x)));
@@ -524,7 +522,6 @@ fn lossy_call(seed: u64, loss: f64) -> (bool, (usize, usize, usize, usize, usize
             }
         }
     }
-    let _ = acks_sent;
     (phone_final.is_some(), sim.eng.table_sizes())
 }
 
@@ -659,4 +656,20 @@ fn no_amplified_answer_on_udp_and_options_with_max_forwards_zero_is_ours() {
     let opt = "OPTIONS sip:bob@elsewhere.example SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::10]:5062;branch=z9hG4bKmf0\r\nMax-Forwards: 0\r\n\
                From: <sip:x@elsewhere.example>;tag=1\r\nTo: <sip:bob@elsewhere.example>\r\nCall-ID: mf0\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
     assert_eq!(status(&sim.send(PHONE, opt)[0]), 200);
+}
+
+#[test]
+fn timer_c_cancels_a_branch_that_rings_too_long() {
+    let mut sim = Sim::new();
+    let out = authed_invite(&mut sim, "+442079999999", "call-c");
+    let inv = out[1].clone();
+    sim.send(PRIMARY, &respond(&inv, 180, "Ringing", Some("c"), ""));
+    let sent = sim.run_until(Duration::from_secs(300));
+    let cancel = sent.iter().find(|(_, t)| t.dest == sa(PRIMARY) && text(t).starts_with("CANCEL ")).expect("CANCEL on Timer C");
+    assert_eq!(cancel.0, Duration::from_secs(181), "Timer C (timer_c_secs) from the last provisional answer");
+    // The carrier answers neither: 64*T1 later the caller gets a final answer and all drains.
+    let up = sent.iter().find(|(_, t)| t.dest == sa(PHONE) && status(t) >= 300).expect("final answer upstream");
+    assert_eq!((up.0, status(&up.1)), (Duration::from_secs(181 + 32), 408));
+    sim.run_until(Duration::from_secs(400));
+    assert!(sim.drained(), "{:?}", sim.eng.table_sizes());
 }
