@@ -17,6 +17,11 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// UDP sends waiting for socket buffer space, and how many may wait.
+static PENDING_SENDS: AtomicUsize = AtomicUsize::new(0);
+const MAX_PENDING_SENDS: usize = 4096;
 
 /// What side work reports back to the owner task.
 enum Feedback {
@@ -75,9 +80,8 @@ pub async fn run(mut engine: Engine, mut messages: mpsc::Receiver<(Message, Inbo
 }
 
 fn drain(engine: &mut Engine, io: &Io, fb: &mpsc::UnboundedSender<Feedback>) {
-    // Bounded per round so a burst of outputs cannot starve the receive side for long.
-    for _ in 0..100_000 {
-        let Some(out) = engine.poll_output() else { return };
+    // Everything: outputs only come from inputs and timers, so they are bounded by those.
+    while let Some(out) = engine.poll_output() {
         match out {
             Output::Transmit(t) => send(io, t, fb),
             Output::Resolve { id, query } => match &io.resolver {
@@ -110,10 +114,18 @@ fn send(io: &Io, t: Transmit, fb: &mpsc::UnboundedSender<Feedback>) {
             match sock.try_send_to(&t.bytes, t.dest) {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    // The socket buffer is full (4 MiB): finish the send off the owner task.
+                    // The socket buffer is full (4 MiB): finish the send off the owner task, a
+                    // bounded number at a time; past that the datagram is dropped, as the
+                    // network would (retransmissions recover it).
+                    if PENDING_SENDS.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING_SENDS {
+                        PENDING_SENDS.fetch_sub(1, Ordering::Relaxed);
+                        io.core.metrics.inc("dropped", "udp_send_backlog");
+                        return;
+                    }
                     let (sock, bytes, dest) = (sock.clone(), t.bytes.clone(), t.dest);
                     tokio::spawn(async move {
                         let _ = sock.send_to(&bytes, dest).await;
+                        PENDING_SENDS.fetch_sub(1, Ordering::Relaxed);
                     });
                 }
                 Err(e) => {

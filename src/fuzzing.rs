@@ -184,7 +184,7 @@ pub fn exercise_engine(data: &[u8]) {
         }
     }
     let sizes = eng.table_sizes();
-    assert_eq!(sizes, (0, 0, 0, 0, 0), "engine tables did not drain: (servers, clients, contexts, dialogs, lookups)");
+    assert!(sizes.is_empty(), "engine tables did not drain: {sizes:?}");
     // One probing carrier, every 20 s, each probe over by Timer F (32 s): never more than two.
     assert!(eng.probes_in_flight() <= 2, "probes pile up: {}", eng.probes_in_flight());
 }

@@ -173,7 +173,8 @@ pub fn challenge_headers(realm: &str, nonce: &str, stale: bool, algorithms: &[Al
 pub enum Verdict {
     /// Credentials are right; the authenticated username.
     Ok(String),
-    /// Right credentials with an expired nonce: challenge again with stale=true.
+    /// Right credentials with a nonce that is not (or no longer) good here: challenge again
+    /// with stale=true.
     Stale,
     /// Not for our realm: ignore this header.
     OtherRealm,
@@ -239,10 +240,12 @@ pub fn verify(
     if !constant_time_eq(expected.as_bytes(), response.to_ascii_lowercase().as_bytes()) {
         return Verdict::Denied("wrong response");
     }
+    // The response is right, so the password is: a nonce that is old, from before a restart
+    // (new key) or from another network of the phone is answered with a fresh challenge
+    // (stale=true, RFC 7616 §3.3), never with 403.
     match nonces.check(nonce, now_secs, source) {
         Ok(()) => Verdict::Ok(username.to_string()),
-        Err(true) => Verdict::Stale,
-        Err(false) => Verdict::Denied("nonce not issued to this source"),
+        Err(_) => Verdict::Stale,
     }
 }
 
@@ -253,6 +256,10 @@ fn same_uri(a: &[u8], b: &[u8]) -> bool {
     let (Ok(x), Ok(y)) = (parse_uri(a, Span::new(0, a.len())), parse_uri(b, Span::new(0, b.len()))) else {
         return a == b;
     };
+    if !x.is_sip() || !y.is_sip() {
+        // tel: and other schemes have no user/host to compare: the whole URI must match.
+        return a == b;
+    }
     let user = |u: &crate::message::Uri, buf: &[u8]| u.user.map(|s| s.of(buf).to_vec());
     let host = |u: &crate::message::Uri, buf: &[u8]| u.host_span.of(buf).to_ascii_lowercase();
     x.scheme == y.scheme && user(&x, a) == user(&y, b) && host(&x, a) == host(&y, b) && x.port == y.port
@@ -382,7 +389,7 @@ mod tests {
         assert_eq!(check(&good, 150, src, DigestUriCheck::Strict), Verdict::Ok("alice".into()));
         // Another address in the same /64 (privacy address rotation): fine.
         assert_eq!(check(&good, 150, "2001:db8:1:2::99".parse().unwrap(), DigestUriCheck::Strict), Verdict::Ok("alice".into()));
-        assert_eq!(check(&good, 150, "2001:db8:9::1".parse().unwrap(), DigestUriCheck::Strict), Verdict::Denied("nonce not issued to this source"));
+        assert_eq!(check(&good, 150, "2001:db8:9::1".parse().unwrap(), DigestUriCheck::Strict), Verdict::Stale, "another network: challenged again");
         assert_eq!(check(&good, 401, src, DigestUriCheck::Strict), Verdict::Stale);
         let wrong = answer_challenge(&ch, "alice", "guess", b"INVITE", "sip:+44123@[::1]:5060", "abc");
         assert_eq!(check(&wrong, 150, src, DigestUriCheck::Strict), Verdict::Denied("wrong response"));
@@ -400,6 +407,13 @@ mod tests {
         let v = |s: &str| verify(s.as_bytes(), b"INVITE", ruri, "sixgate", DigestUriCheck::Strict, &nonces, 150, src, &users);
         assert_eq!(v(&good), Verdict::Ok("alice".into()));
         assert!(matches!(v(&sha), Verdict::Denied(_)));
+    }
+
+    #[test]
+    fn tel_uris_are_compared_whole() {
+        assert!(same_uri(b"tel:+441234", b"tel:+441234"));
+        assert!(!same_uri(b"tel:+441234", b"tel:+19005550000"));
+        assert!(same_uri(b"sip:+44@[::1]:5060", b"sip:+44@[::1]:5060;user=phone"));
     }
 
     #[test]

@@ -1,8 +1,13 @@
-//! Dialogs (RFC 3261 §12) as the proxy sees them: one per answered INVITE, with each leg's
-//! transport, family and flow and the carrier used, for in-dialog admission, the media hand-off
-//! and `sixgate ctl`. In-dialog requests are forwarded only when they belong to a dialog here,
-//! so a made-up "in-dialog" request cannot reach a carrier unauthenticated.
+//! Dialogs (RFC 3261 §12) as the proxy sees them: one per answered INVITE (or SUBSCRIBE), with
+//! each leg's transport, family and flow, where each side's in-dialog requests go, and the
+//! carrier used — for in-dialog admission, the media hand-off and `sixgate ctl`.
+//!
+//! In-dialog requests are forwarded only when they belong to a dialog here, come from one of its
+//! two parties, and then only to the *other* party's stored target — never to wherever the
+//! request's Route or Request-URI points — so an "in-dialog" request cannot reach a carrier (or
+//! any other host) that the authenticated call did not already reach.
 
+use super::Hop;
 use crate::config::TransportKind;
 use bytes::Bytes;
 use std::net::SocketAddr;
@@ -31,6 +36,15 @@ pub struct Dialog {
     pub callee_tag: Bytes,
     pub caller: Leg,
     pub callee: Leg,
+    /// Where requests from the callee go: the caller's Contact when it is an address of the
+    /// caller's own network, else the flow the INVITE came on.
+    pub caller_target: Hop,
+    /// Where requests from the caller go: the callee's Contact (same rule), else the hop the
+    /// INVITE went to.
+    pub callee_target: Hop,
+    /// The carrier on each side, if any (its source CIDRs may send for that side).
+    pub caller_carrier: Option<usize>,
+    pub callee_carrier: Option<usize>,
     /// The authenticated user who placed the call, if a local user did.
     pub user: Option<String>,
     /// The carrier the call went to or came from.
@@ -47,19 +61,36 @@ impl Dialog {
     }
 }
 
-/// Call-ID and the two tags; `(call_id, a, b)` and `(call_id, b, a)` name the same dialog.
+/// A request's Call-ID, From tag and To tag. A dialog is found under both orders of its tags:
+/// (caller, callee) for requests from the caller, (callee, caller) for requests from the callee.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct DialogKey {
     pub call_id: Bytes,
-    pub local_tag: Bytes,
-    pub remote_tag: Bytes,
+    pub from_tag: Bytes,
+    pub to_tag: Bytes,
 }
 
 impl DialogKey {
     pub fn both(d: &Dialog) -> [DialogKey; 2] {
         [
-            DialogKey { call_id: d.call_id.clone(), local_tag: d.caller_tag.clone(), remote_tag: d.callee_tag.clone() },
-            DialogKey { call_id: d.call_id.clone(), local_tag: d.callee_tag.clone(), remote_tag: d.caller_tag.clone() },
+            DialogKey { call_id: d.call_id.clone(), from_tag: d.caller_tag.clone(), to_tag: d.callee_tag.clone() },
+            DialogKey { call_id: d.call_id.clone(), from_tag: d.callee_tag.clone(), to_tag: d.caller_tag.clone() },
         ]
+    }
+
+    /// The key of a request (its To tag must be present for it to be in a dialog).
+    pub fn of(msg: &crate::message::Message) -> DialogKey {
+        let tag = |t: Option<crate::message::Span>| Bytes::copy_from_slice(t.map_or(&[][..], |t| msg.slice(t)));
+        DialogKey { call_id: Bytes::copy_from_slice(msg.slice(msg.call_id)), from_tag: tag(msg.from.tag), to_tag: tag(msg.to.tag) }
+    }
+}
+
+/// Whether two addresses are of one network: the same IPv4 address, or the same IPv6 /64.
+pub fn same_network(a: std::net::IpAddr, b: std::net::IpAddr) -> bool {
+    use std::net::IpAddr::{V4, V6};
+    match (a, b) {
+        (V4(x), V4(y)) => x == y,
+        (V6(x), V6(y)) => u128::from(x) >> 64 == u128::from(y) >> 64,
+        _ => false,
     }
 }

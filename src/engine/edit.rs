@@ -118,13 +118,8 @@ fn remove_route_elements(m: &mut Message, all: &[RouteEntry], removed: &[RouteEn
     }
 }
 
-/// A response with our top Via removed (§16.7 step 3), as it goes upstream.
-pub fn pop_via(resp: &Message) -> Bytes {
-    pop_via_and_cseq(resp, None)
-}
-
-/// [`pop_via`], and the CSeq number set back to `cseq` when a branch sent another one (a
-/// carrier's digest round took a number).
+/// A response with our top Via removed (§16.7 step 3), as it goes upstream, and its CSeq number
+/// set back to `cseq` when the branch sent another one (a carrier's digest round took a number).
 pub fn pop_via_and_cseq(resp: &Message, cseq: Option<u32>) -> Bytes {
     let mut m = resp.clone();
     if let (Some(seq), Some(h)) = (cseq, resp.headers_named(HeaderName::CSeq).next()) {
@@ -235,10 +230,10 @@ mod tests {
     #[test]
     fn pop_via_removes_exactly_our_via() {
         let r = msg("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKa, SIP/2.0/UDP [::1]:4000;branch=z9hG4bK1\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:b@y>;tag=2\r\nCall-ID: c\r\nCSeq: 5 INVITE\r\nContent-Length: 0\r\n\r\n");
-        let s = String::from_utf8(pop_via(&r).to_vec()).unwrap();
+        let s = String::from_utf8(pop_via_and_cseq(&r, None).to_vec()).unwrap();
         assert!(s.starts_with("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP [::1]:4000;branch=z9hG4bK1\r\nFrom"), "{s}");
         let r = msg("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKa\r\nVia: SIP/2.0/UDP [::1]:4000;branch=z9hG4bK1\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:b@y>;tag=2\r\nCall-ID: c\r\nCSeq: 5 INVITE\r\nContent-Length: 0\r\n\r\n");
-        let s = String::from_utf8(pop_via(&r).to_vec()).unwrap();
+        let s = String::from_utf8(pop_via_and_cseq(&r, None).to_vec()).unwrap();
         assert!(s.starts_with("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP [::1]:4000;branch=z9hG4bK1\r\nFrom"), "{s}");
     }
 

@@ -90,6 +90,8 @@ pub struct Stats {
     pub calls_answered: u64,
     /// Answers not sent on UDP because they would be over 3x the request (spoofing guard).
     pub amplification_refused: u64,
+    /// Responses that came from another address than the one the request went to.
+    pub responses_from_elsewhere: u64,
     /// Responses we generated, by status code.
     pub generated: BTreeMap<u16, u64>,
 }
@@ -114,6 +116,7 @@ impl Stats {
             ("send_failures", self.send_failures),
             ("calls_answered", self.calls_answered),
             ("amplification_refused", self.amplification_refused),
+            ("responses_from_elsewhere", self.responses_from_elsewhere),
         ];
         for (name, v) in plain {
             out.push_str(&format!("sixgate_engine_{name}_total {v}\n"));
@@ -122,6 +125,22 @@ impl Stats {
             out.push_str(&format!("sixgate_engine_responses_generated_total{{code=\"{code}\"}} {v}\n"));
         }
         out
+    }
+}
+
+/// See [`Engine::table_sizes`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableSizes {
+    pub server_transactions: usize,
+    pub client_transactions: usize,
+    pub proxy_contexts: usize,
+    pub dialogs: usize,
+    pub dns_lookups: usize,
+}
+
+impl TableSizes {
+    pub fn is_empty(&self) -> bool {
+        *self == TableSizes::default()
     }
 }
 
@@ -137,20 +156,13 @@ enum TimerRef {
     Housekeeping,
 }
 
-/// Where a server transaction's responses go (RFC 3261 §18.2.2).
-#[derive(Clone, Copy, Debug)]
-struct Reply {
-    transport: TransportKind,
-    local: SocketAddr,
-    dest: SocketAddr,
-}
-
 struct ServerEntry {
     txn: ServerTxn,
     key: ServerKey,
     request: Message,
     from: Inbound,
-    reply: Reply,
+    /// Where its responses go (RFC 3261 §18.2.2).
+    reply: Hop,
     ctx: Option<u64>,
 }
 
@@ -210,21 +222,34 @@ struct Cached {
     until: Instant,
 }
 
-/// SplitMix64: small, seeded, good enough for branches, tags and weighted draws (not secrets:
-/// the nonce key is given by the driver from the OS).
+/// The engine's random numbers: SHA-256 of a secret key and a counter. Branches must be
+/// unguessable (a guessed branch lets a third party forge responses to our client
+/// transactions), and the same key replays the same sequence in a simulation.
 #[derive(Clone, Debug)]
-pub struct Rng(u64);
+pub struct Rng {
+    key: [u8; 32],
+    counter: u64,
+    buffered: [u64; 4],
+    left: usize,
+}
 
 impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
+    pub fn new(key: [u8; 32]) -> Rng {
+        Rng { key, counter: 0, buffered: [0; 4], left: 0 }
     }
+
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        use sha2::{Digest, Sha256};
+        if self.left == 0 {
+            let block = Sha256::new().chain_update(self.key).chain_update(self.counter.to_le_bytes()).finalize();
+            self.counter += 1;
+            for (i, chunk) in block.chunks_exact(8).enumerate() {
+                self.buffered[i] = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+            }
+            self.left = 4;
+        }
+        self.left -= 1;
+        self.buffered[self.left]
     }
 }
 
@@ -297,7 +322,11 @@ impl Engine {
             router: Router::new(cfg),
             nonces: Nonces::new(params.nonce_key, cfg.auth.nonce_lifetime_secs),
             epoch: None,
-            rng: Rng::new(params.seed),
+            rng: Rng::new({
+                // Branch key: from both secrets the driver took from the OS.
+                use sha2::{Digest, Sha256};
+                Sha256::new().chain_update(params.nonce_key).chain_update(params.seed.to_le_bytes()).finalize().into()
+            }),
             next_id: 1,
             servers: HashMap::new(),
             server_index: HashMap::new(),
@@ -340,7 +369,7 @@ impl Engine {
                     self.on_request(now, msg, from);
                 } else {
                     self.stats.responses_received += 1;
-                    self.on_response(now, msg);
+                    self.on_response(now, msg, from);
                 }
             }
             Input::Resolved { id, result } => self.on_resolved(now, id, result),
@@ -380,13 +409,18 @@ impl Engine {
         }
     }
 
-    /// Table sizes: (server transactions, client transactions, proxy contexts, dialogs,
-    /// pending lookups). All zero once every call is over and time has passed. Carrier probes
-    /// run forever by design and are counted apart ([`Engine::probes_in_flight`]).
-    pub fn table_sizes(&self) -> (usize, usize, usize, usize, usize) {
+    /// How much state the engine holds. Empty once every call is over and time has passed;
+    /// carrier probes run forever by design and are counted apart
+    /// ([`Engine::probes_in_flight`]).
+    pub fn table_sizes(&self) -> TableSizes {
         let probes = self.probes_in_flight();
-        let lookups = self.lookups.values().filter(|(_, w)| !matches!(w, proxy::LookupWaiter::Probe { .. })).count();
-        (self.servers.len(), self.clients.len() - probes, self.contexts.len(), self.dialogs.len(), lookups)
+        TableSizes {
+            server_transactions: self.servers.len(),
+            client_transactions: self.clients.len() - probes,
+            proxy_contexts: self.contexts.len(),
+            dialogs: self.dialogs.len(),
+            dns_lookups: self.lookups.values().filter(|(_, w)| !matches!(w, proxy::LookupWaiter::Probe { .. })).count(),
+        }
     }
 
     /// Carrier OPTIONS probes waiting for an answer: at most one per carrier per Timer F.
@@ -440,38 +474,55 @@ impl Engine {
         if !e.txn.respond(now, status, bytes.clone(), &self.timing) {
             return false;
         }
-        let hop = Hop { transport: e.reply.transport, local: e.reply.local, dest: e.reply.dest };
-        self.transmit(hop, bytes, None);
+        let reply = e.reply;
+        self.transmit(reply, bytes, None);
         self.server_rescheduled(sid);
         true
     }
 
-    /// Builds and sends our own response to the request of server transaction `sid`.
+    /// Builds and sends our own response to the request of server transaction `sid` (a
+    /// request we forward: 100 Trying, or the final answer when no branch gave one).
     fn answer(&mut self, now: Instant, sid: u64, status: u16, reason: &'static str, headers: &[(&str, String)]) {
         let Some(e) = self.servers.get(&sid) else { return };
-        let mut r = ResponseBuilder::to(&e.request, status, reason);
+        let bytes = self.build_answer(&e.request, status, reason, headers);
+        let source = e.from.remote;
+        self.count_answer(status, reason, source);
+        self.send_response(now, sid, status, bytes);
+    }
+
+    /// Answers `req` without a transaction (RFC 3261 §16.11 / §8.2.6): refusals, challenges and
+    /// answers to requests for us. On UDP the source is unproven, so no answer more than 3x the
+    /// request is sent (a spoofed tiny request must not buy a large 407 for its victim); real
+    /// requests are far larger than our answers (an INVITE carries SDP).
+    fn answer_stateless(&mut self, req: &Message, from: Inbound, status: u16, reason: &'static str, headers: &[(&str, String)]) {
+        let bytes = self.build_answer(req, status, reason, headers);
+        if from.transport == TransportKind::Udp && bytes.len() > crate::transport::udp::MAX_UDP_AMPLIFICATION * req.bytes().len() {
+            self.stats.amplification_refused += 1;
+            return;
+        }
+        self.count_answer(status, reason, from.remote);
+        let reply = Hop { transport: from.transport, local: from.local, dest: crate::transport::response_destination(req, from) };
+        self.transmit(reply, bytes, None);
+    }
+
+    fn build_answer(&self, req: &Message, status: u16, reason: &str, headers: &[(&str, String)]) -> Bytes {
+        let mut r = ResponseBuilder::to(req, status, reason);
         for (n, v) in headers {
             r = r.header(n, v);
         }
         if !self.server_header.is_empty() {
             r = r.header("Server", &self.server_header);
         }
-        let bytes = r.finish();
-        let (source, udp, request_len) = (e.from.remote, e.reply.transport == TransportKind::Udp, e.request.bytes().len());
+        r.finish()
+    }
+
+    fn count_answer(&mut self, status: u16, reason: &'static str, source: SocketAddr) {
         if status >= 300 {
             *self.stats.generated.entry(status).or_insert(0) += 1;
             if status != 487 {
                 self.event(Event::Refused { status, reason, source });
             }
         }
-        // On UDP the source is unproven: never answer with much more than arrived (a spoofed
-        // tiny request must not buy a large 407 for its victim). Real requests are far larger
-        // than our answers (an INVITE carries SDP).
-        if udp && bytes.len() > crate::transport::udp::MAX_UDP_AMPLIFICATION * request_len {
-            self.stats.amplification_refused += 1;
-            return;
-        }
-        self.send_response(now, sid, status, bytes);
     }
 
     /// After a server transaction changed: re-index its deadline, or drop it when it ended.
@@ -503,9 +554,9 @@ impl Engine {
         let Some(e) = self.servers.get_mut(&sid) else { return };
         match e.txn.on_timer(now, &self.timing) {
             ServerFired::Resend(bytes) => {
-                let hop = Hop { transport: e.reply.transport, local: e.reply.local, dest: e.reply.dest };
+                let reply = e.reply;
                 self.stats.retransmissions_sent += 1;
-                self.transmit(hop, bytes, None);
+                self.transmit(reply, bytes, None);
             }
             ServerFired::AckTimeout => {
                 self.stats.transaction_timeouts += 1;
@@ -521,7 +572,7 @@ impl Engine {
     /// Sends `request` (bytes we built, parsed again as `parsed`) to `hop` as a new client
     /// transaction. Returns its id.
     fn start_client(&mut self, now: Instant, parsed: Message, bytes: Bytes, hop: Hop, owner: ClientOwner, with_timer_c: bool) -> Option<u64> {
-        let key = ClientKey::of_response(&parsed)?;
+        let key = ClientKey::of(&parsed)?;
         let kind = if parsed.method() == Some(crate::message::Method::Invite) {
             crate::transaction::Kind::Invite
         } else {
@@ -608,6 +659,25 @@ impl Engine {
         }
     }
 
+    /// A response must come from the address we sent the request to, or, for a carrier, from
+    /// one of its source CIDRs (an SBC cluster may answer from another node).
+    fn response_source_ok(&self, cid: u64, src: IpAddr) -> bool {
+        let Some(e) = self.clients.get(&cid) else { return false };
+        let norm = |ip: IpAddr| match ip {
+            IpAddr::V6(a) => a.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        if norm(src) == norm(e.hop.dest.ip()) {
+            return true;
+        }
+        let carrier = match e.owner {
+            ClientOwner::Probe { carrier } => Some(carrier),
+            ClientOwner::Branch { ctx, branch } => self.contexts.get(&ctx).and_then(|c| c.branch_carrier(branch)),
+            ClientOwner::Cancel => None,
+        };
+        carrier.is_some_and(|c| self.router.carriers()[c].source_cidrs.iter().any(|n| n.contains(src)))
+    }
+
     fn carrier_health(&mut self, carrier: usize, up: bool) {
         if self.router.set_up(carrier, up) {
             let name = self.router.carriers()[carrier].name.clone();
@@ -616,10 +686,10 @@ impl Engine {
         }
     }
 
-    fn on_response(&mut self, now: Instant, msg: Message) {
+    fn on_response(&mut self, now: Instant, msg: Message, from: Inbound) {
         use crate::transaction::ClientReceived;
         let Some(status) = msg.status() else { return };
-        let Some(key) = ClientKey::of_response(&msg) else {
+        let Some(key) = ClientKey::of(&msg) else {
             self.stats.stray_responses += 1;
             return;
         };
@@ -628,6 +698,12 @@ impl Engine {
             tracing::debug!(status, "response matches no transaction: dropped");
             return;
         };
+        if !self.response_source_ok(cid, from.remote.ip()) {
+            // Someone else answering for the hop we sent to: a forged response. (Branches are
+            // unguessable, so this takes an on-path attacker; counted apart.)
+            self.stats.responses_from_elsewhere += 1;
+            return;
+        }
         let Some(e) = self.clients.get_mut(&cid) else { return };
         let was_pending = e.txn.is_pending();
         match e.txn.on_response(now, status, &self.timing) {
@@ -749,9 +825,11 @@ impl Engine {
 
     /// The address we put in Via and Record-Route on the side of `hop`: the advertised address
     /// of its family and the port of its listener.
+    /// `[advertise]` of that family wins (1:1 NAT: listen on a private address, advertise the
+    /// public one); it defaults to the family's first listener address.
     fn advertised(&self, hop: &Hop) -> String {
         let ip = if hop.local.is_ipv6() { self.advertise_v6 } else { self.advertise_v4 };
-        let ip = ip.filter(|_| hop.local.ip().is_unspecified()).unwrap_or(hop.local.ip());
+        let ip = ip.unwrap_or(hop.local.ip());
         match ip {
             IpAddr::V6(a) => format!("[{a}]:{}", hop.local.port()),
             IpAddr::V4(a) => format!("{a}:{}", hop.local.port()),

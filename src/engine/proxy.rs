@@ -3,14 +3,16 @@
 //! selection and forwarding, CANCEL, failover between carriers, and carrier digest answers.
 //!
 //! The security rule lives here: a request reaches a carrier only when a local user
-//! authenticated it, or when it belongs to a dialog such a request created.
+//! authenticated it, or when it belongs to a dialog such a request created — and then it comes
+//! from a party of that dialog and goes to the other party's stored target, never to where its
+//! own Route or Request-URI points. Everything we refuse is answered statelessly.
 
-use super::dialog::{Dialog, DialogKey, Leg};
+use super::dialog::{same_network, Dialog, DialogKey, Leg};
 use super::edit::{self, Forward};
-use super::{ClientOwner, Engine, Event, Hop, Output, Reply, ServerEntry, TimerRef};
+use super::{ClientOwner, Engine, Event, Hop, Output, ServerEntry, TimerRef};
 use crate::auth::{self, Challenge, Verdict};
 use crate::config::{Secret, TargetUri, TransportKind};
-use crate::message::{parse, response::ResponseBuilder, Framing, HeaderName, Host, Message, Method, Scheme, Span};
+use crate::message::{parse, Framing, HeaderName, Host, Message, Method, Scheme, Span};
 use crate::routing::dns::{DnsError, Query, Resolution};
 use crate::routing::Called;
 use crate::transaction::{Kind, ServerKey, ServerState, ServerTxn};
@@ -90,6 +92,22 @@ pub struct ProxyCtx {
     cseq_offset: u32,
 }
 
+impl ProxyCtx {
+    /// The carrier branch `index` went to, if it went to one.
+    pub(super) fn branch_carrier(&self, index: usize) -> Option<usize> {
+        self.branches.get(index).and_then(|b| b.candidate.carrier)
+    }
+}
+
+/// An admitted in-dialog request: its dialog and where it goes.
+struct InDialog {
+    id: u64,
+    target: Hop,
+    /// The carrier on the receiving side (its challenges are answered with its credentials).
+    carrier: Option<usize>,
+    cseq_offset: u32,
+}
+
 /// Who waits for a DNS lookup.
 #[derive(Debug)]
 pub(super) enum LookupWaiter {
@@ -118,8 +136,8 @@ struct Plan {
 struct Routing {
     pop_routes: usize,
     pop_last_route: bool,
-    /// The URI to send to when Route entries remain.
-    next_route: Option<TargetUri>,
+    /// Route entries that are not ours remain (a preloaded route).
+    foreign_routes: bool,
     /// Strict-router compatibility: the Request-URI to use instead.
     new_ruri: Option<String>,
 }
@@ -166,38 +184,40 @@ impl Engine {
             self.stats.retransmissions_absorbed += 1;
             if let Some(e) = self.servers.get(&sid) {
                 if let Some(bytes) = e.txn.on_request_retransmission() {
-                    let hop = Hop { transport: e.reply.transport, local: e.reply.local, dest: e.reply.dest };
-                    self.transmit(hop, bytes, None);
+                    let reply = e.reply;
+                    self.transmit(reply, bytes, None);
                 }
             }
             return;
         }
-        if self.servers.len() >= self.limits.max_transactions {
-            // Stateless: no transaction to hold; the caller retries after a while.
-            let dest = transport::response_destination(&msg, from);
-            let bytes = ResponseBuilder::to(&msg, 503, "Service Unavailable (transaction limit)").header("Retry-After", "5").finish();
-            *self.stats.generated.entry(503).or_insert(0) += 1;
-            self.transmit(Hop { transport: from.transport, local: from.local, dest }, bytes, None);
-            return;
-        }
-        let kind = if method == Method::Invite { Kind::Invite } else { Kind::NonInvite };
-        let reply = Reply { transport: from.transport, local: from.local, dest: transport::response_destination(&msg, from) };
-        let sid = self.id();
-        let txn = ServerTxn::new(kind, from.transport == TransportKind::Tcp);
-        self.server_index.insert(key.clone(), sid);
-        self.servers.insert(sid, ServerEntry { txn, key: key.clone(), request: msg, from, reply, ctx: None });
         if method == Method::Cancel {
-            self.on_cancel(now, sid, &key);
+            self.on_cancel(now, &msg, from, &key);
             return;
         }
-        if kind == Kind::Invite {
-            // §16.2 / §17.2.1: 100 Trying at once, so the caller stops retransmitting.
-            self.answer(now, sid, 100, "Trying", &[]);
-        }
-        let req = self.servers[&sid].request.clone();
-        match self.decide(now, &req, from) {
-            Decision::Answer(status, reason, headers) => self.answer(now, sid, status, reason, &headers),
-            Decision::Forward(plan) => self.forward(now, sid, req, from, plan),
+        // Only requests we forward get a server transaction. Everything we answer ourselves
+        // (refusals, challenges, OPTIONS to us) is answered statelessly (RFC 3261 §16.11): a
+        // spoofed request then holds no memory and buys exactly one answer, with no Timer G
+        // retransmissions towards its victim. A retransmission is simply answered again.
+        match self.decide(now, &msg, from) {
+            Decision::Answer(status, reason, headers) => self.answer_stateless(&msg, from, status, reason, &headers),
+            Decision::Forward(plan) => {
+                if self.servers.len() >= self.limits.max_transactions {
+                    let retry = [("Retry-After", "5".to_string())];
+                    self.answer_stateless(&msg, from, 503, "Service Unavailable (transaction limit)", &retry);
+                    return;
+                }
+                let kind = if method == Method::Invite { Kind::Invite } else { Kind::NonInvite };
+                let reply = Hop { transport: from.transport, local: from.local, dest: transport::response_destination(&msg, from) };
+                let sid = self.id();
+                let txn = ServerTxn::new(kind, from.transport == TransportKind::Tcp);
+                self.server_index.insert(key.clone(), sid);
+                self.servers.insert(sid, ServerEntry { txn, key, request: msg.clone(), from, reply, ctx: None });
+                if kind == Kind::Invite {
+                    // §16.2 / §17.2.1: 100 Trying at once, so the caller stops retransmitting.
+                    self.answer(now, sid, 100, "Trying", &[]);
+                }
+                self.forward(now, sid, msg, from, plan);
+            }
         }
     }
 
@@ -216,9 +236,9 @@ impl Engine {
             return Answer(420, "Bad Extension", vec![("Unsupported", unsupported.join(", "))]);
         }
         let routing = self.route_processing(req);
-        let for_us = routing.new_ruri.is_none() && routing.next_route.is_none() && self.addressed_to_us(req);
+        let for_us = routing.new_ruri.is_none() && !routing.foreign_routes && self.addressed_to_us(req);
         // RFC 3261 §11 / §16.3 step 3: an OPTIONS that cannot go further is answered by us.
-        let options_here = method == Method::Options && req.max_forwards == Some(0);
+        let options_here = method == Method::Options && req.max_forwards == Some(0) && req.to.tag.is_none();
         if req.max_forwards == Some(0) && !for_us && !options_here {
             return Answer(483, "Too Many Hops", vec![]);
         }
@@ -226,12 +246,12 @@ impl Engine {
             return Answer(482, "Loop Detected", vec![]);
         }
         if req.to.tag.is_some() {
-            return self.decide_in_dialog(now, req, routing);
+            return self.decide_in_dialog(now, req, from, routing);
         }
         if for_us || options_here {
             return self.answer_for_us(req, method);
         }
-        if routing.next_route.is_some() {
+        if routing.foreign_routes {
             // A preloaded route would let a caller choose where we send: refused out of dialog.
             return Answer(403, "Forbidden (preloaded Route not allowed)", vec![]);
         }
@@ -368,8 +388,9 @@ impl Engine {
             let headers = auth::challenge_headers(&realm, &nonce, stale, &self.auth.algorithms).into_iter().map(|v| ("Proxy-Authenticate", v)).collect();
             return Err(Decision::Answer(407, "Proxy Authentication Required", headers));
         };
-        // The From must name the user who authenticated (no calling as somebody else).
-        if from_user.as_deref().is_some_and(|f| f != user) {
+        // The From must name the user who authenticated (no calling as somebody else, no tel:
+        // or foreign-domain From to dodge the check).
+        if from_user.as_deref() != Some(user.as_str()) {
             self.stats.auth_failures += 1;
             return Err(Decision::Answer(403, "Forbidden (From does not match the authenticated user)", vec![]));
         }
@@ -390,52 +411,67 @@ impl Engine {
         }
     }
 
-    /// In-dialog requests (To tag present) follow their route set, but only within a dialog we
-    /// hold: a made-up "in-dialog" request is refused 481 and never reaches a carrier.
-    fn decide_in_dialog(&mut self, now: Instant, req: &Message, routing: Routing) -> Decision {
-        let key = DialogKey {
-            call_id: Bytes::copy_from_slice(req.slice(req.call_id)),
-            local_tag: Bytes::copy_from_slice(req.from.tag.map_or(&[][..], |t| req.slice(t))),
-            remote_tag: Bytes::copy_from_slice(req.to.tag.map_or(&[][..], |t| req.slice(t))),
-        };
-        let Some(&did) = self.dialog_index.get(&key) else {
-            return Decision::Answer(481, "Call/Transaction Does Not Exist", vec![]);
-        };
-        let Some(d) = self.dialogs.get_mut(&did) else { return Decision::Answer(481, "Call/Transaction Does Not Exist", vec![]) };
-        d.last_activity = now;
-        let from_caller = key.local_tag == d.caller_tag;
-        let cseq_offset = if from_caller { d.cseq_offset } else { 0 };
-        let Some(dest) = self.in_dialog_dest(req, &routing) else {
-            return Decision::Answer(416, "Unsupported URI Scheme", vec![]);
-        };
-        if let Dest::Hop(h) = &dest {
-            if self.listeners.iter().any(|(_, a)| *a == h.dest) {
-                // The route leads back to us (a peer's Request-URI names us): do not send to self.
-                return Decision::Answer(482, "Loop Detected", vec![]);
-            }
+    /// In-dialog requests (To tag present): only within a dialog we hold, only from one of its
+    /// parties, and only to the other party's stored target (see [`Engine::in_dialog`]).
+    fn decide_in_dialog(&mut self, now: Instant, req: &Message, from: Inbound, routing: Routing) -> Decision {
+        match self.in_dialog(now, req, from) {
+            Err((status, reason)) => Decision::Answer(status, reason, vec![]),
+            Ok(d) => Decision::Forward(Plan {
+                parallel: vec![Candidate { ruri: routing.new_ruri.clone(), dest: Dest::Hop(d.target), carrier: d.carrier }],
+                serial: VecDeque::new(),
+                record_route: false,
+                user: None,
+                carrier_origin: None,
+                dialog: Some(d.id),
+                cseq_offset: d.cseq_offset,
+            }),
         }
-        Decision::Forward(Plan {
-            parallel: vec![Candidate { ruri: routing.new_ruri.clone(), dest, carrier: None }],
-            serial: VecDeque::new(),
-            record_route: false,
-            user: None,
-            carrier_origin: None,
-            dialog: Some(did),
-            cseq_offset,
-        })
     }
 
-    /// Where an in-dialog request goes: the first remaining Route, else the Request-URI.
-    fn in_dialog_dest(&self, req: &Message, routing: &Routing) -> Option<Dest> {
-        let target = match (&routing.next_route, &routing.new_ruri) {
-            (Some(r), _) => r.clone(),
-            (None, Some(u)) => TargetUri::parse(u).ok()?,
-            (None, None) => {
-                let u = req.request_uri()?;
-                TargetUri::parse(std::str::from_utf8(req.slice(u.span)).ok()?).ok()?
-            }
+    /// The dialog of an in-dialog request and where it goes, or why it is refused: no such
+    /// dialog (481), a sender that is neither party (403), a target that is ourselves (482).
+    fn in_dialog(&mut self, now: Instant, req: &Message, from: Inbound) -> Result<InDialog, (u16, &'static str)> {
+        let key = DialogKey::of(req);
+        let &id = self.dialog_index.get(&key).ok_or((481, "Call/Transaction Does Not Exist"))?;
+        let d = self.dialogs.get(&id).ok_or((481, "Call/Transaction Does Not Exist"))?;
+        let from_caller = key.from_tag == d.caller_tag;
+        let (sender, sender_target, sender_carrier) =
+            if from_caller { (d.caller, d.caller_target, d.caller_carrier) } else { (d.callee, d.callee_target, d.callee_carrier) };
+        let src = from.remote.ip();
+        let party = same_network(src, sender.remote.ip())
+            || same_network(src, sender_target.dest.ip())
+            || sender_carrier.is_some_and(|c| self.router.carriers()[c].source_cidrs.iter().any(|n| n.contains(src)));
+        if !party {
+            return Err((403, "Forbidden (not a party of this dialog)"));
+        }
+        let (target, carrier, cseq_offset) =
+            if from_caller { (d.callee_target, d.callee_carrier, d.cseq_offset) } else { (d.caller_target, d.caller_carrier, 0) };
+        if self.listeners.iter().any(|(_, a)| *a == target.dest) {
+            return Err((482, "Loop Detected"));
+        }
+        if let Some(d) = self.dialogs.get_mut(&id) {
+            d.last_activity = now;
+        }
+        Ok(InDialog { id, target, carrier, cseq_offset })
+    }
+
+    /// Where a party's in-dialog requests may be sent: its Contact when that names an address
+    /// of the party's own network (or its carrier's) that we can reach, else `fallback` (the
+    /// flow or hop the dialog was made on). A Contact elsewhere could point us at a third host.
+    fn party_target(&self, msg: &Message, fallback: Hop, carrier: Option<usize>) -> Hop {
+        let contact = match &msg.contacts {
+            crate::message::ContactList::Addrs(v) => v.first(),
+            _ => None,
         };
-        self.dest_of(&target)
+        let uri = contact.and_then(|c| std::str::from_utf8(msg.slice(c.uri.span)).ok()).and_then(|u| TargetUri::parse(u).ok());
+        let Some(u) = uri else { return fallback };
+        let Some(ip) = u.ip.filter(|_| !u.secure) else { return fallback };
+        let ours = same_network(ip, fallback.dest.ip()) || carrier.is_some_and(|c| self.router.carriers()[c].source_cidrs.iter().any(|n| n.contains(ip)));
+        let transport = u.transport.unwrap_or(fallback.transport);
+        match self.hop_to(transport, SocketAddr::new(ip, u.port.unwrap_or(5060))) {
+            Some(h) if ours => h,
+            _ => fallback,
+        }
     }
 
     /// §16.4: removes our own Route entries from the top; strict-router compatibility when the
@@ -447,7 +483,7 @@ impl Engine {
         while pop < routes.len() && self.uri_is_ours(req, &routes[pop].addr.uri) {
             pop += 1;
         }
-        let mut r = Routing { pop_routes: pop, pop_last_route: false, next_route: None, new_ruri: None };
+        let mut r = Routing { pop_routes: pop, pop_last_route: false, foreign_routes: false, new_ruri: None };
         let ruri_ours = req.request_uri().is_some_and(|u| u.user.is_none() && self.uri_is_ours(req, u));
         if ruri_ours && routes.len() > pop {
             // The previous hop was a strict router: the real target is the last Route.
@@ -456,11 +492,8 @@ impl Engine {
                 r.pop_last_route = true;
             }
         }
-        let remaining = routes.len() - pop - usize::from(r.pop_last_route);
-        if remaining > 0 {
-            let top = &routes[pop];
-            r.next_route = std::str::from_utf8(top.addr.uri.span.of(buf)).ok().and_then(|s| TargetUri::parse(s).ok());
-        }
+        // Counted, not parsed: a Route we cannot read (transport=sctp, tel:) is still foreign.
+        r.foreign_routes = routes.len() > pop + usize::from(r.pop_last_route);
         r
     }
 
@@ -530,7 +563,7 @@ impl Engine {
 
     fn forward(&mut self, now: Instant, sid: u64, req: Message, from: Inbound, plan: Plan) {
         let routing = self.route_processing(&req);
-        let drop_lines = self.our_credentials(&req);
+        let drop_lines = self.lines_to_drop(&req, self.router.carrier_by_source(from.remote.ip()).is_some());
         let ctx_id = self.id();
         let is_invite = req.method() == Some(Method::Invite);
         self.contexts.insert(
@@ -565,14 +598,21 @@ impl Engine {
         self.maybe_finish(now, ctx_id);
     }
 
-    /// Our realm's Proxy-Authorization lines: they stop here (RFC 3261 §22.3), others travel on.
-    /// Phones repeat them on every later request of the call (ACK, BYE), so this runs for all.
-    fn our_credentials(&self, req: &Message) -> Vec<Span> {
+    /// Header lines that stop here: our realm's Proxy-Authorization (RFC 3261 §22.3; phones
+    /// repeat it on ACK and BYE, so this runs for every request), and — unless a carrier sent
+    /// the request — any identity a phone asserts about itself (P-Asserted-Identity,
+    /// P-Preferred-Identity, Remote-Party-ID): only we assert identities, from the credentials.
+    fn lines_to_drop(&self, req: &Message, from_carrier: bool) -> Vec<Span> {
         let realm = self.auth.realm.as_str();
-        req.headers_named(HeaderName::ProxyAuthorization)
-            .filter(|h| auth::parse_params(req.slice(h.value)).is_some_and(|(_, p)| p.iter().any(|(k, v)| k == "realm" && v == realm)))
-            .map(|h| h.line)
-            .collect()
+        let ours = |h: &&crate::message::Header| {
+            h.name == HeaderName::ProxyAuthorization
+                && auth::parse_params(req.slice(h.value)).is_some_and(|(_, p)| p.iter().any(|(k, v)| k == "realm" && v == realm))
+        };
+        let asserted = |h: &&crate::message::Header| {
+            let n = req.slice(h.name_span);
+            !from_carrier && ["P-Asserted-Identity", "P-Preferred-Identity", "Remote-Party-ID"].iter().any(|x| n.eq_ignore_ascii_case(x.as_bytes()))
+        };
+        req.headers.iter().filter(|h| ours(h) || asserted(h)).map(|h| h.line).collect()
     }
 
     fn start_branch(&mut self, now: Instant, ctx_id: u64, c: Candidate) {
@@ -662,8 +702,18 @@ impl Engine {
                 top.push_str(&self.record_route_line(&inbound_hop));
             }
         }
-        let cseq = ctx.request.cseq.seq.wrapping_add(ctx.cseq_offset).wrapping_add(u32::from(auth.is_some()));
-        let bottom = auth.as_ref().map(|(line, _)| line.clone()).unwrap_or_default();
+        let Some(cseq) = checked_cseq(ctx.request.cseq.seq, ctx.cseq_offset + u32::from(auth.is_some())) else {
+            self.candidate_failed(now, ctx_id, 500);
+            return;
+        };
+        let mut bottom = auth.as_ref().map(|(line, _)| line.clone()).unwrap_or_default();
+        if let (Some(user), Some(_)) = (&ctx.user, c.carrier) {
+            // Toward a carrier we assert who called: the user's first number (RFC 3325).
+            if let Some(n) = self.router.user(user).and_then(|u| u.numbers.first()) {
+                let domain = self.domains.first().map_or("invalid", String::as_str);
+                bottom.push_str(&format!("P-Asserted-Identity: <sip:{}@{domain}>\r\n", self.router.normalise(n)));
+            }
+        }
         let bytes = edit::forward_request(
             &ctx.request,
             &Forward {
@@ -740,16 +790,18 @@ impl Engine {
             let is_invite = ctx.is_invite;
             let dialog_of_request = ctx.dialog;
             let is_bye = ctx.request.method() == Some(Method::Bye);
+            // Subscriptions are dialogs too (RFC 6665): their NOTIFYs come in-dialog.
+            let creates_subscription = matches!(ctx.request.method(), Some(Method::Subscribe | Method::Refer));
             let already_final = ctx.final_sent;
             if !already_final || is_invite {
                 ctx.final_sent = true;
                 ctx.serial.clear();
                 self.stats.responses_forwarded += u64::from(self.send_response(now, server, status, bytes));
             }
+            if first_final && dialog_of_request.is_none() && (is_invite || creates_subscription) {
+                self.create_dialog(now, ctx_id, &resp, hop, carrier, branch_cseq);
+            }
             if is_invite && first_final {
-                if dialog_of_request.is_none() {
-                    self.create_dialog(now, ctx_id, &resp, hop, carrier, branch_cseq);
-                }
                 // §16.7 step 10: a 2xx ends the other branches.
                 self.cancel_pending_branches(now, ctx_id);
             }
@@ -791,9 +843,10 @@ impl Engine {
             (Some(_), 401 | 407) => (503, None),
             _ => (status, resp.as_ref().map(|r| upstream(r, b))),
         };
-        if carrier.is_some() && resp.is_none() && status == 408 && !alerted {
-            // The carrier did not answer at all: skip it until its probe answers again.
-            if let Some(c) = carrier {
+        if let Some(c) = carrier.filter(|_| resp.is_none() && status == 408 && !alerted) {
+            // The carrier did not answer at all: skip it until its probe answers again — only
+            // when it is probed, or nothing would ever bring it back.
+            if self.router.carriers()[c].probe_interval_secs > 0 {
                 self.carrier_health(c, false);
             }
         }
@@ -851,7 +904,7 @@ impl Engine {
     /// CANCEL for the INVITE of client transaction `cid` (its own non-INVITE transaction).
     fn send_cancel(&mut self, now: Instant, cid: u64) {
         let Some(e) = self.clients.get_mut(&cid) else { return };
-        if !e.txn.is_pending() {
+        if !e.txn.is_pending() || e.cancel_sent {
             return;
         }
         let bytes = edit::cancel_for(&e.request);
@@ -916,7 +969,13 @@ impl Engine {
     fn create_dialog(&mut self, now: Instant, ctx_id: u64, resp: &Message, hop: Hop, carrier: Option<usize>, branch_cseq: u32) {
         let Some(ctx) = self.contexts.get(&ctx_id) else { return };
         let (Some(ftag), Some(ttag)) = (ctx.request.from.tag, resp.to.tag) else { return };
+        let caller_flow = Hop { transport: ctx.from.transport, local: ctx.from.local, dest: ctx.from.remote };
+        let caller_carrier = ctx.carrier_origin;
         let d = Dialog {
+            caller_target: self.party_target(&ctx.request, caller_flow, caller_carrier),
+            callee_target: self.party_target(resp, hop, carrier),
+            caller_carrier,
+            callee_carrier: carrier,
             call_id: Bytes::copy_from_slice(ctx.request.slice(ctx.request.call_id)),
             caller_tag: Bytes::copy_from_slice(ctx.request.slice(ftag)),
             callee_tag: Bytes::copy_from_slice(resp.slice(ttag)),
@@ -933,13 +992,15 @@ impl Engine {
             return; // a retransmitted 2xx of a dialog we already hold
         }
         let did = self.id();
-        self.stats.calls_answered += 1;
-        self.event(Event::CallAnswered {
-            call_id: String::from_utf8_lossy(&d.call_id).into_owned(),
-            user: d.user.clone(),
-            carrier: d.carrier.clone(),
-            crosses_family: d.crosses_family(),
-        });
+        if self.contexts.get(&ctx_id).is_some_and(|c| c.is_invite) {
+            self.stats.calls_answered += 1;
+            self.event(Event::CallAnswered {
+                call_id: String::from_utf8_lossy(&d.call_id).into_owned(),
+                user: d.user.clone(),
+                carrier: d.carrier.clone(),
+                crosses_family: d.crosses_family(),
+            });
+        }
         for k in keys {
             self.dialog_index.insert(k, did);
         }
@@ -951,13 +1012,14 @@ impl Engine {
 
     /// A CANCEL (its own server transaction `sid`): 200 for it, then the INVITE's branches are
     /// cancelled and the INVITE answered 487 (§16.10).
-    fn on_cancel(&mut self, now: Instant, sid: u64, key: &ServerKey) {
-        let invite = self.server_index.get(&key.invite_of_cancel()).copied();
-        let Some(inv) = invite else {
-            self.answer(now, sid, 481, "Call/Transaction Does Not Exist", &[]);
+    fn on_cancel(&mut self, now: Instant, cancel: &Message, from: Inbound, key: &ServerKey) {
+        // The INVITE it cancels: same branch, sent-by and transport — only its sender knows them.
+        let Some(inv) = self.server_index.get(&key.invite_of_cancel()).copied() else {
+            self.answer_stateless(cancel, from, 481, "Call/Transaction Does Not Exist", &[]);
             return;
         };
-        self.answer(now, sid, 200, "OK", &[]);
+        // Answered statelessly: a retransmitted CANCEL gets another 200 and cancels nothing new.
+        self.answer_stateless(cancel, from, 200, "OK", &[]);
         let Some(e) = self.servers.get(&inv) else { return };
         if e.txn.final_sent() {
             return;
@@ -990,40 +1052,14 @@ impl Engine {
                 }
             }
         }
-        if msg.to.tag.is_none() {
+        if msg.to.tag.is_none() || msg.max_forwards == Some(0) {
             self.stats.stray_acks += 1;
             return;
         }
         let routing = self.route_processing(&msg);
-        let key = DialogKey {
-            call_id: Bytes::copy_from_slice(msg.slice(msg.call_id)),
-            local_tag: Bytes::copy_from_slice(msg.from.tag.map_or(&[][..], |t| msg.slice(t))),
-            remote_tag: Bytes::copy_from_slice(msg.to.tag.map_or(&[][..], |t| msg.slice(t))),
-        };
-        let Some(&did) = self.dialog_index.get(&key) else {
+        let Ok(InDialog { target: hop, cseq_offset, .. }) = self.in_dialog(now, &msg, from) else {
             self.stats.stray_acks += 1;
             return;
-        };
-        let cseq_offset = match self.dialogs.get_mut(&did) {
-            Some(d) => {
-                d.last_activity = now;
-                if key.local_tag == d.caller_tag { d.cseq_offset } else { 0 }
-            }
-            None => 0,
-        };
-        let hop = match self.in_dialog_dest(&msg, &routing) {
-            Some(Dest::Hop(h)) => h,
-            Some(Dest::Lookup(q)) => match self.cached(now, &q).and_then(|r| r.targets.iter().find_map(|t| self.hop_to(t.transport, t.addr))) {
-                Some(h) => h,
-                None => {
-                    self.stats.stray_acks += 1;
-                    return;
-                }
-            },
-            None => {
-                self.stats.stray_acks += 1;
-                return;
-            }
         };
         // The same branch for every retransmission of this ACK.
         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -1031,8 +1067,11 @@ impl Engine {
         let branch = format!("{BRANCH_PREFIX}{:016x}-a{:x}", loop_hash(&msg), h.finish());
         let proto = if hop.transport == TransportKind::Tcp { "TCP" } else { "UDP" };
         let top = format!("Via: SIP/2.0/{proto} {};branch={branch};rport\r\n", self.advertised(&hop));
-        let cseq = msg.cseq.seq.wrapping_add(cseq_offset);
-        let drop_lines = self.our_credentials(&msg);
+        let Some(cseq) = checked_cseq(msg.cseq.seq, cseq_offset) else {
+            self.stats.stray_acks += 1;
+            return;
+        };
+        let drop_lines = self.lines_to_drop(&msg, self.router.carrier_by_source(from.remote.ip()).is_some());
         let bytes = edit::forward_request(
             &msg,
             &Forward {
@@ -1080,7 +1119,7 @@ impl Engine {
 
     fn send_probe_to(&mut self, now: Instant, carrier: usize, hop: Hop) {
         let c = &self.router.carriers()[carrier];
-        let ruri = crate::routing::with_user(&c.uri, "ping").replacen("ping@", "", 1);
+        let ruri = c.uri.text.clone();
         let proto = if hop.transport == TransportKind::Tcp { "TCP" } else { "UDP" };
         let me = self.advertised(&hop);
         let branch = format!("{BRANCH_PREFIX}p-{:x}", self.rng.next_u64());
@@ -1098,6 +1137,11 @@ impl Engine {
             self.start_client(now, parsed, bytes, hop, ClientOwner::Probe { carrier }, false);
         }
     }
+}
+
+/// `seq + offset` if it stays a valid CSeq number (below 2^31, RFC 3261 §8.1.1.5).
+fn checked_cseq(seq: u32, offset: u32) -> Option<u32> {
+    seq.checked_add(offset).filter(|&n| n < 1 << 31)
 }
 
 /// Whether a final answer lets us try the next destination (§16.7 / RFC 3263 failover).

@@ -141,9 +141,9 @@ impl Sim {
         out
     }
 
+    /// Every transaction, context and lookup is gone (dialogs may remain).
     fn drained(&self) -> bool {
-        let (s, c, x, _, l) = self.eng.table_sizes();
-        s == 0 && c == 0 && x == 0 && l == 0
+        TableSizes { dialogs: 0, ..self.eng.table_sizes() }.is_empty()
     }
 }
 
@@ -203,7 +203,8 @@ fn authed_invite(sim: &mut Sim, number: &str, call: &str) -> Vec<Transmit> {
     let ch = header(c407, "Proxy-Authenticate").iter().find_map(|v| Challenge::parse(v.as_bytes()).filter(|c| c.algorithm == crate::auth::Algorithm::Md5)).unwrap();
     sim.send(PHONE, &format!("ACK {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::10]:5062;branch=z9hG4bK{call}a1;rport\r\nMax-Forwards: 70\r\nFrom: <sip:alice@sixgate.test>;tag=caller1\r\nTo: <{ruri}>;tag={}\r\nCall-ID: {call}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n", msg_of(c407).text(msg_of(c407).to.tag.unwrap())));
     let cred = answer_challenge(&ch, "alice", "secret", b"INVITE", &ruri, "cn1");
-    sim.send(PHONE, &invite(&ruri, "alice", call, &format!("{call}a2"), 2, &format!("Proxy-Authorization: {cred}\r\n")))
+    let claim = "P-Asserted-Identity: <sip:+19999@sixgate.test>\r\n";
+    sim.send(PHONE, &invite(&ruri, "alice", call, &format!("{call}a2"), 2, &format!("Proxy-Authorization: {cred}\r\n{claim}")))
 }
 
 #[test]
@@ -247,8 +248,9 @@ fn no_unauthenticated_request_reaches_a_carrier() {
     let mut sim = Sim::new();
     // A local user without credentials: 100 then 407 with SHA-256 and MD5 challenges.
     let out = sim.send(PHONE, &invite("sip:+442079999999@sixgate.test", "alice", "c1", "x1", 1, ""));
-    assert_eq!(out.iter().map(status).collect::<Vec<_>>(), vec![100, 407]);
-    let challenges = header(&out[1], "Proxy-Authenticate");
+    assert_eq!(out.iter().map(status).collect::<Vec<_>>(), vec![407]);
+    assert!(sim.eng.table_sizes().is_empty(), "a challenge holds no state");
+    let challenges = header(&out[0], "Proxy-Authenticate");
     assert!(challenges[0].contains("algorithm=SHA-256") && challenges[1].contains("algorithm=MD5"), "{challenges:?}");
     // Somebody else's From: 403 straight away.
     let out = sim.send(PHONE, &invite("sip:+442079999999@sixgate.test", "mallory", "c2", "x2", 1, "").replace("mallory@sixgate.test", "mallory@evil.example"));
@@ -281,6 +283,9 @@ fn a_full_call_from_an_ipv6_phone_to_an_ipv4_carrier() {
     assert!(t.starts_with("INVITE sip:+442079999999@198.51.100.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.5:5060;branch=z9hG4bK-sg"), "{t}");
     assert_eq!(header(inv, "Record-Route"), vec!["<sip:192.0.2.5:5060;lr>", "<sip:[2001:db8::5]:5060;lr>"], "two Record-Routes, outbound side on top");
     assert!(t.contains("Max-Forwards: 69\r\n") && !t.contains("Proxy-Authorization"), "{t}");
+    // We assert the caller's identity from the credentials; the phone's own claim is dropped.
+    assert!(t.contains("\r\nP-Asserted-Identity: <sip:+442071234567@sixgate.test>\r\n"), "{t}");
+    assert!(!t.contains("+19999"), "{t}");
     assert!(t.ends_with("\r\n\r\nv=0\n"), "body untouched");
     // The carrier rings and answers.
     let out = sim.send(PRIMARY, &respond(inv, 180, "Ringing", Some("carrier9"), ""));
@@ -332,7 +337,9 @@ fn invite_to_a_silent_carrier_retransmits_on_timer_a_then_fails_over() {
     // Timer B at 32 s: the next carrier gets the call, the primary is marked down.
     let sent = sim.run_until(Duration::from_secs(32));
     assert!(sent.iter().any(|(d, t)| *d == Duration::from_secs(32) && t.dest == sa(BACKUP)), "{sent:?}");
-    assert_eq!(sim.eng.carrier_up("primary"), Some(false));
+    // Not probed (probe_interval_secs = 0): a call's timeout never marks it down, or nothing
+    // would bring it back (the probe test covers marking down).
+    assert_eq!(sim.eng.carrier_up("primary"), Some(true));
     // The backup answers 503: the best of 408 (primary) and 503 is the 408 (§16.7 step 6).
     let inv = sent.iter().find(|(_, t)| t.dest == sa(BACKUP)).unwrap().1.clone();
     let out = sim.send(BACKUP, &respond(&inv, 503, "Service Unavailable", Some("b1"), ""));
@@ -467,8 +474,8 @@ fn an_invite_flood_from_one_64_is_limited_before_any_digest_work() {
 /// A seeded lossy network between a phone, the engine and a carrier. The fake phone
 /// retransmits its INVITE on T1 doubling (like a UAC transaction), ACKs every final response
 /// and the carrier re-sends its final response until it sees an ACK.
-fn lossy_call(seed: u64, loss: f64) -> (bool, (usize, usize, usize, usize, usize)) {
-    let mut rng = Rng::new(seed);
+fn lossy_call(seed: u64, loss: f64) -> (bool, TableSizes) {
+    let mut rng = Rng::new([seed as u8; 32]);
     let mut chance = move || (rng.next_u64() % 10_000) as f64 / 10_000.0;
     let mut sim = Sim::new();
     // Authenticate without loss first (the nonce round is not the point here).
@@ -530,7 +537,7 @@ fn under_heavy_loss_every_transaction_terminates_and_every_table_drains() {
     for seed in 0..40 {
         let loss = [0.0, 0.1, 0.3, 0.5][(seed % 4) as usize];
         let (_, sizes) = lossy_call(seed, loss);
-        assert_eq!(sizes, (0, 0, 0, 0, 0), "seed {seed} loss {loss}: tables not drained");
+        assert!(sizes.is_empty(), "seed {seed} loss {loss}: tables not drained: {sizes:?}");
     }
     // With 10 % loss the caller learns the outcome.
     let answered = (100..120).filter(|&s| lossy_call(s, 0.1).0).count();
@@ -626,12 +633,21 @@ fn strict_router_compatibility_loop_detection_and_rfc_2543_peers() {
 fn transaction_and_dialog_limits_answer_503() {
     let cfg = CFG.replace("invite_burst_per_source = 10", "invite_burst_per_source = 10\nmax_transactions = 3\nmax_dialogs = 1");
     let mut sim = Sim::with(&cfg);
+    // Refusals hold no transaction: any number of them.
+    for i in 0..5 {
+        let out = sim.send(PHONE, &invite("sip:+442079999999@sixgate.test", "alice", &format!("l{i}"), &format!("l{i}"), 1, ""));
+        assert_eq!(status(out.last().unwrap()), 407);
+    }
+    // Forwarded calls hold one each: the fourth is refused.
     let mut codes = Vec::new();
     for i in 0..4 {
-        let out = sim.send(PHONE, &invite("sip:+442079999999@sixgate.test", "alice", &format!("l{i}"), &format!("l{i}"), 1, ""));
-        codes.push(status(out.last().unwrap()));
+        let inv = invite("sip:+442079000000@sixgate.test", "x", &format!("t{i}"), &format!("t{i}"), 1, "")
+            .replace("[2001:db8::10]:5062", "198.51.100.1:5060")
+            .replace("x@sixgate.test", "+441@198.51.100.1");
+        let out = sim.send(PRIMARY, &inv);
+        codes.push(status(out.iter().find(|t| t.dest == sa(PRIMARY)).unwrap()));
     }
-    assert_eq!(codes, vec![407, 407, 407, 503], "three transactions held (Completed, waiting for ACKs), the fourth refused");
+    assert_eq!(codes, vec![100, 100, 100, 503]);
     let mut sim = Sim::with(&cfg.replace("max_transactions = 3", "max_transactions = 100"));
     let out = authed_invite(&mut sim, "+442079999999", "d1");
     sim.send(PRIMARY, &respond(&out[1], 200, "OK", Some("d"), "Contact: <sip:x@198.51.100.1>\r\n"));
@@ -672,4 +688,30 @@ fn timer_c_cancels_a_branch_that_rings_too_long() {
     assert_eq!((up.0, status(&up.1)), (Duration::from_secs(181 + 32), 408));
     sim.run_until(Duration::from_secs(400));
     assert!(sim.drained(), "{:?}", sim.eng.table_sizes());
+}
+
+#[test]
+fn in_dialog_requests_go_only_to_the_other_party_and_only_from_a_party() {
+    let mut sim = Sim::new();
+    let out = authed_invite(&mut sim, "+442079999999", "call-d");
+    sim.send(PRIMARY, &respond(&out[1], 200, "OK", Some("d9"), "Contact: <sip:+442079999999@198.51.100.1:5060>\r\n"));
+    let in_dialog = |ruri: &str, branch: &str| {
+        format!(
+            "INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::10]:5062;branch=z9hG4bK{branch};rport\r\n\
+             Route: <sip:[2001:db8::5]:5060;lr>\r\nRoute: <sip:192.0.2.5:5060;lr>\r\nMax-Forwards: 70\r\n\
+             From: <sip:alice@sixgate.test>;tag=caller1\r\nTo: <sip:+442079999999@sixgate.test>;tag=d9\r\nCall-ID: call-d\r\nCSeq: 5 INVITE\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    // A re-INVITE whose Request-URI names another carrier (or an internal host) still goes to the
+    // dialog's callee, never where the request points.
+    for (i, ruri) in ["sip:+19005550000@198.51.100.2:5060", "sip:x@10.0.0.1:6379;transport=tcp"].iter().enumerate() {
+        let out = sim.send(PHONE, &in_dialog(ruri, &format!("re{i}")));
+        let fwd: Vec<_> = out.iter().filter(|t| t.dest != sa(PHONE)).collect();
+        assert_eq!(fwd.len(), 1, "{out:?}");
+        assert_eq!((fwd[0].dest, fwd[0].transport), (sa(PRIMARY), TransportKind::Udp));
+    }
+    // From an address that is neither party: refused.
+    let out = sim.send("[2001:db8:bad::1]:5062", &in_dialog("sip:+442079999999@198.51.100.1:5060", "spoof"));
+    assert_eq!(status(out.last().unwrap()), 403);
+    assert!(out.iter().all(|t| t.dest != sa(PRIMARY)));
 }

@@ -77,8 +77,9 @@ pub struct ClientKey {
 }
 
 impl ClientKey {
-    /// The key a response carries; `None` when its top Via has no branch.
-    pub fn of_response(msg: &Message) -> Option<ClientKey> {
+    /// The key of a request we send, and of the responses to it (they carry our Via on top);
+    /// `None` when the top Via has no branch.
+    pub fn of(msg: &Message) -> Option<ClientKey> {
         let via = msg.top_via();
         let b = via.branch?;
         let buf = msg.bytes();

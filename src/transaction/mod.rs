@@ -299,10 +299,7 @@ impl ClientTxn {
     pub fn on_timer(&mut self, now: Instant, t: &Timing) -> ClientFired {
         let kind = self.kind;
         match &mut self.state {
-            ClientState::Calling { retransmit, timeout } | ClientState::Proceeding { retransmit, timeout: Some(timeout) }
-                if now >= *timeout =>
-            {
-                let _ = retransmit;
+            ClientState::Calling { timeout, .. } | ClientState::Proceeding { timeout: Some(timeout), .. } if now >= *timeout => {
                 self.state = ClientState::Terminated;
                 ClientFired::Timeout
             }

@@ -260,8 +260,10 @@ async fn connection(
                     framed = true;
                     let reply = match parse(bytes.clone(), Framing::Stream) {
                         Ok(msg) => {
-                            if engine.try_send((msg, from)).is_err() {
-                                core.metrics.inc("dropped", "engine_queue_full");
+                            // TCP has no retransmissions: wait for room rather than drop (the
+                            // peer's window fills and it slows down).
+                            if engine.send((msg, from)).await.is_err() {
+                                break 'read; // the engine is gone: shutting down
                             }
                             None
                         }
