@@ -19,6 +19,7 @@
 #   SIXGATE_BIN=<repo>/target/release/sixgate   (missing: sixgate is skipped, said loudly)
 #   KAMAILIO_BIN=/usr/sbin/kamailio   KAMAILIO_MODULES=/usr/lib/x86_64-linux-gnu/kamailio/modules
 #   KAMAILIO_CHILDREN=2         UDP worker processes per listen socket (2 sockets: 2x this)
+#   KAMAILIO_SHM_MB=4096        Kamailio shared memory (transactions live there for 32 s)
 #   SIPP=/usr/bin/sipp
 #   PORT_BASE=random free       proxy=BASE, UAS=BASE+1, UAC=BASE+2, media/control above
 #   KEEP=1                      keep the work directory (configs, logs, sipp stats)
@@ -131,6 +132,17 @@ cpu_delta() {
 }
 
 now() { date +%s.%N; }
+
+# Memory of PID and its descendants in MiB: the sum of their PSS (shared pages, e.g. Kamailio's
+# shared memory, divided among the processes that map them, so the sum counts them once).
+tree_pss_mb() {
+    local p total=0 kb
+    for p in $(cpu_sample "$1" | awk '{ print $1 }'); do
+        kb=$(awk '/^Pss:/ { print $2 }' "/proc/$p/smaps_rollup" 2>/dev/null)
+        total=$((total + ${kb:-0}))
+    done
+    echo $((total / 1024))
+}
 
 # ---------------------------------------------------------------- ports
 if [ -n "${PORT_BASE:-}" ]; then
@@ -269,7 +281,9 @@ start_proxy() {  # start_proxy NAME: sets PROXY_PID; returns 1 on failure, 2 whe
         if ! "$KAMAILIO_BIN" -c -f "$dir/kamailio.cfg" > "$dir/check.log" 2>&1; then
             echo "kamailio: config check failed:"; tail -20 "$dir/check.log"; return 1
         fi
-        set -- "$KAMAILIO_BIN" -DD -E -f "$dir/kamailio.cfg" -Y "$dir" -w "$dir" -m 256 -M 8
+        # Shared memory: every transaction lives in it for up to 32 s (Timer H/J); 256 MB ran
+        # out at 3 000 calls/s ("could not allocate shared memory"), so give it plenty.
+        set -- "$KAMAILIO_BIN" -DD -E -f "$dir/kamailio.cfg" -Y "$dir" -w "$dir" -m "${KAMAILIO_SHM_MB:-4096}" -M 32
         ;;
     sixgate)
         [ -x "$SIXGATE_BIN" ] || {
@@ -343,6 +357,7 @@ run_step() {  # run_step PROXY RATE
     t_uac=$(now)
     sleep "$SETTLE"
     cpu_sample "$PROXY_PID" > "$dir/proxy.cpu1"; cpu_sample "$uas_pid" > "$dir/uas.cpu1"; t1=$(now)
+    local mem; mem=$(tree_pss_mb "$PROXY_PID")
     stop "$uas_pid"
 
     # bash `times`, second line = children (sipp): "0m1.234s 0m0.056s"
@@ -374,11 +389,11 @@ run_step() {  # run_step PROXY RATE
         R[$k:${f}_us]=$(awk -v s="${R[$k:${f}_s]}" -v n="$att" 'BEGIN { if (n > 0) printf "%.0f", s * 1e6 / n; else print "-" }')
     done
     R[$k:failpct]=$(awk -v a="$att" -v o="$ok" 'BEGIN { if (a > 0) printf "%.1f", (a - o) * 100 / a; else print "-" }')
-    printf '%-9s %6s %8s %9s %9s %6s %7s %7s %10s %10s %10s %7s %7s %7s %7s\n' \
+    printf '%-9s %6s %8s %9s %9s %6s %7s %7s %10s %10s %10s %7s %7s %7s %7s %7s\n' \
         "$name" "$rate" "$calls" "$att" "$ok" "${R[$k:failpct]}" "$rtx" "$rtd" \
         "${R[$k:proxy_us]}" "${R[$k:uac_us]}" "${R[$k:uas_us]}" \
         "$(pct "${R[$k:proxy_s]}" "${R[$k:window]}")" "$(pct "$uac_s" "${R[$k:wall]}")" \
-        "$(pct "${R[$k:uas_s]}" "${R[$k:window]}")" "${R[$k:wall]}"
+        "$(pct "${R[$k:uas_s]}" "${R[$k:window]}")" "${R[$k:wall]}" "$mem"
     local unexp_c unexp_s
     unexp_c=$(grep -c 'Continuing call on unexpected message' "$dir/uac_err.log" 2>/dev/null)
     unexp_s=$(grep -c 'Continuing call on unexpected message' "$dir/uas_err.log" 2>/dev/null)
@@ -396,14 +411,15 @@ run_step() {  # run_step PROXY RATE
 pct() { awk -v s="$1" -v w="$2" 'BEGIN { if (w > 0) printf "%.0f%%", s * 100 / w; else print "-" }'; }
 
 header() {
-    printf '%-9s %6s %8s %9s %9s %6s %7s %7s %10s %10s %10s %7s %7s %7s %7s\n' \
-        proxy rate offered attempted ok fail% retrans rtd_ms proxy_us uac_us uas_us proxy%c uac%c uas%c wall_s
+    printf '%-9s %6s %8s %9s %9s %6s %7s %7s %10s %10s %10s %7s %7s %7s %7s %7s\n' \
+        proxy rate offered attempted ok fail% retrans rtd_ms proxy_us uac_us uas_us proxy%c uac%c uas%c wall_s pss_mb
 }
 
 # ---------------------------------------------------------------- main
 echo "sipp load: rates [$RATES] calls/s, ${DURATION}s each, hold ${HOLD_MS} ms; ports proxy $PPORT, UAS $UAS_PORT, UAC $UAC_PORT; work dir $WORK"
 echo "(retrans = UAC retransmissions; rtd_ms = mean first INVITE -> 200, 407 round included (1 ms resolution);"
-echo " *_us = CPU µs per attempted call; *%c = CPU as % of one core over the step)"
+echo " *_us = CPU µs per attempted call; *%c = CPU as % of one core over the step;"
+echo " pss_mb = proxy memory (PSS of its process tree) at the end of the step)"
 status=0
 RAN=()
 for name in "${PROXIES[@]}"; do

@@ -211,7 +211,7 @@ impl Engine {
                 let sid = self.id();
                 let txn = ServerTxn::new(kind, from.transport == TransportKind::Tcp);
                 self.server_index.insert(key.clone(), sid);
-                self.servers.insert(sid, ServerEntry { txn, key, request: msg.clone(), from, reply, ctx: None });
+                self.servers.insert(sid, ServerEntry { txn, key, request: Some(msg.clone()), from, reply, ctx: None });
                 if kind == Kind::Invite {
                     // §16.2 / §17.2.1: 100 Trying at once, so the caller stops retransmitting.
                     self.answer(now, sid, 100, "Trying", &[]);
@@ -907,7 +907,7 @@ impl Engine {
         if !e.txn.is_pending() || e.cancel_sent {
             return;
         }
-        let bytes = edit::cancel_for(&e.request);
+        let Some(bytes) = e.request.as_ref().map(edit::cancel_for) else { return };
         let hop = e.hop;
         e.cancel_sent = true;
         // If the callee never answers the INVITE after our CANCEL, give up 64*T1 later.

@@ -111,7 +111,9 @@ impl ServerTxn {
         if final_sent || (accepted && !(200..300).contains(&status)) {
             return false;
         }
-        self.last_response = Some((status, bytes));
+        // A 2xx to an INVITE is never re-sent by us (RFC 6026: the UAS retransmits it end to
+        // end), so it is not kept through the 32 s of Accepted.
+        self.last_response = if self.kind == Kind::Invite && (200..300).contains(&status) { None } else { Some((status, bytes)) };
         if status < 200 {
             if !accepted {
                 self.state = ServerState::Proceeding;
