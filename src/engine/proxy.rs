@@ -813,6 +813,7 @@ impl Engine {
             if let Some(c) = carrier {
                 self.carrier_health(c, true);
             }
+            self.retire_if_answered(ctx_id);
             return;
         }
         if !first_final || ctx.final_sent {
@@ -958,6 +959,22 @@ impl Engine {
             }
             Some((status, None)) => self.answer(now, server, status, reason_of(status), &[]),
             None => self.answer(now, server, 408, "Request Timeout", &[]),
+        }
+        self.retire_if_answered(ctx_id);
+    }
+
+    /// A non-INVITE context is of no use once its final answer is out (its other branches
+    /// cannot be cancelled and their answers are dropped): forget it now rather than keep its
+    /// request through the server transaction's 32 s of Timer J.
+    fn retire_if_answered(&mut self, ctx_id: u64) {
+        let Some(ctx) = self.contexts.get(&ctx_id) else { return };
+        if ctx.is_invite || !ctx.final_sent {
+            return;
+        }
+        let server = ctx.server;
+        self.contexts.remove(&ctx_id);
+        if let Some(e) = self.servers.get_mut(&server) {
+            e.ctx = None;
         }
     }
 
