@@ -17,11 +17,8 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use bytes::Bytes;
 use std::sync::atomic::{AtomicUsize, Ordering};
-
-/// UDP sends waiting for socket buffer space, and how many may wait.
-static PENDING_SENDS: AtomicUsize = AtomicUsize::new(0);
-const MAX_PENDING_SENDS: usize = 4096;
 
 /// What side work reports back to the owner task.
 enum Feedback {
@@ -29,9 +26,58 @@ enum Feedback {
     SendFailed(u64),
 }
 
+/// One UDP socket's sending side. Datagrams go out at once while the socket buffer has room;
+/// once it is full they wait, in order, in a queue a writer task drains — and every later
+/// datagram joins the queue behind them, so nothing overtakes (a 200 never before its 180).
+pub struct UdpOut {
+    sock: Arc<UdpSocket>,
+    queue: mpsc::Sender<(Bytes, SocketAddr)>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// Datagrams that may wait for one socket; past that they are dropped, as a congested network
+/// would (retransmissions recover them), and counted.
+const UDP_QUEUE: usize = 4096;
+
+impl UdpOut {
+    /// Must be called inside the tokio runtime (it starts the writer task).
+    pub fn new(sock: Arc<UdpSocket>) -> UdpOut {
+        let (queue, mut rx) = mpsc::channel::<(Bytes, SocketAddr)>(UDP_QUEUE);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (s, q) = (sock.clone(), queued.clone());
+        tokio::spawn(async move {
+            while let Some((bytes, dest)) = rx.recv().await {
+                let _ = s.send_to(&bytes, dest).await;
+                q.fetch_sub(1, Ordering::AcqRel);
+            }
+        });
+        UdpOut { sock, queue, queued }
+    }
+
+    /// Sends or queues; `Err` for a send error other than a full buffer, or a full queue.
+    fn send(&self, bytes: Bytes, dest: SocketAddr) -> Result<(), &'static str> {
+        if self.queued.load(Ordering::Acquire) == 0 {
+            match self.sock.try_send_to(&bytes, dest) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    tracing::debug!(%dest, error = %e, "udp send failed");
+                    return Err("udp_error");
+                }
+            }
+        }
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        if self.queue.try_send((bytes, dest)).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err("udp_send_backlog");
+        }
+        Ok(())
+    }
+}
+
 /// Everything the owner task needs besides the engine.
 pub struct Io {
-    pub udp: HashMap<SocketAddr, Arc<UdpSocket>>,
+    pub udp: HashMap<SocketAddr, UdpOut>,
     pub tcp_table: Arc<tcp::ConnectionTable>,
     pub core: Arc<Core>,
     pub limits: Limits,
@@ -110,28 +156,12 @@ fn send(io: &Io, t: Transmit, fb: &mpsc::UnboundedSender<Feedback>) {
     };
     match t.transport {
         TransportKind::Udp => {
-            let Some(sock) = io.udp.get(&t.local) else { return failed("no_udp_socket") };
-            match sock.try_send_to(&t.bytes, t.dest) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    // The socket buffer is full (4 MiB): finish the send off the owner task, a
-                    // bounded number at a time; past that the datagram is dropped, as the
-                    // network would (retransmissions recover it).
-                    if PENDING_SENDS.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING_SENDS {
-                        PENDING_SENDS.fetch_sub(1, Ordering::Relaxed);
-                        io.core.metrics.inc("dropped", "udp_send_backlog");
-                        return;
-                    }
-                    let (sock, bytes, dest) = (sock.clone(), t.bytes.clone(), t.dest);
-                    tokio::spawn(async move {
-                        let _ = sock.send_to(&bytes, dest).await;
-                        PENDING_SENDS.fetch_sub(1, Ordering::Relaxed);
-                    });
-                }
-                Err(e) => {
-                    tracing::debug!(dest = %t.dest, error = %e, "udp send failed");
-                    failed("udp_error");
-                }
+            let Some(out) = io.udp.get(&t.local) else { return failed("no_udp_socket") };
+            match out.send(t.bytes.clone(), t.dest) {
+                Ok(()) => {}
+                // A full backlog is congestion, not a dead destination: retransmissions recover.
+                Err("udp_send_backlog") => io.core.metrics.inc("dropped", "udp_send_backlog"),
+                Err(reason) => failed(reason),
             }
         }
         TransportKind::Tcp => {

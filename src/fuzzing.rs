@@ -98,6 +98,7 @@ port = 5060
 [limits]
 max_transactions = 64
 max_dialogs = 16
+dialog_idle_secs = 600
 invite_rate_per_source = 20
 invite_burst_per_source = 20
 [[users]]

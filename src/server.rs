@@ -50,7 +50,7 @@ impl Server {
                     tracing::info!(%local, "listening on udp");
                     bound.push((l.transport, local));
                     let sock = Arc::new(sock);
-                    udp_sockets.insert(local, sock.clone());
+                    udp_sockets.insert(local, crate::driver::UdpOut::new(sock.clone()));
                     tasks.push(tokio::spawn(udp::serve(sock, local, core.clone(), cfg.limits.max_message_bytes, to_engine.clone())));
                 }
                 TransportKind::Tcp => {

@@ -36,6 +36,10 @@ pub struct SipConfig {
 pub struct Advertise {
     pub ipv6: Option<Ipv6Addr>,
     pub ipv4: Option<Ipv4Addr>,
+    /// Whether the file set them (then they win over every listener's own address of that
+    /// family, e.g. behind 1:1 NAT); otherwise they only stand in for unspecified listeners.
+    pub ipv6_configured: bool,
+    pub ipv4_configured: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -67,7 +71,7 @@ impl Default for Limits {
             tcp_message_timeout_secs: 30,
             max_transactions: 1_000_000,
             max_dialogs: 500_000,
-            dialog_idle_secs: 14_400,
+            dialog_idle_secs: 86_400,
             invite_rate_per_source: 50,
             invite_burst_per_source: 100,
         }
@@ -435,14 +439,20 @@ impl Reader {
         if let Some(t) = adv_t {
             self.known_keys(t, "advertise", &["ipv6", "ipv4"]);
         }
-        let mut advertise = Advertise { ipv6: None, ipv4: None };
+        let mut advertise = Advertise { ipv6: None, ipv4: None, ipv6_configured: false, ipv4_configured: false };
         match self.ip(adv_t, "advertise", "ipv6") {
-            Some(IpAddr::V6(a)) if !a.is_unspecified() => advertise.ipv6 = Some(a),
+            Some(IpAddr::V6(a)) if !a.is_unspecified() => {
+                advertise.ipv6 = Some(a);
+                advertise.ipv6_configured = true;
+            }
             Some(a) => self.issue("advertise.ipv6", "must be a specific IPv6 address", Some(&Value::String(a.to_string()))),
             None => {}
         }
         match self.ip(adv_t, "advertise", "ipv4") {
-            Some(IpAddr::V4(a)) if !a.is_unspecified() => advertise.ipv4 = Some(a),
+            Some(IpAddr::V4(a)) if !a.is_unspecified() => {
+                advertise.ipv4 = Some(a);
+                advertise.ipv4_configured = true;
+            }
             Some(a) => self.issue("advertise.ipv4", "must be a specific IPv4 address", Some(&Value::String(a.to_string()))),
             None => {}
         }

@@ -36,12 +36,14 @@ pub struct Dialog {
     pub callee_tag: Bytes,
     pub caller: Leg,
     pub callee: Leg,
-    /// Where requests from the callee go: the caller's Contact when it is an address of the
-    /// caller's own network, else the flow the INVITE came on.
+    /// Where requests from the callee go: the flow the INVITE came on (for a carrier: its
+    /// Contact when that lies in its source CIDRs).
     pub caller_target: Hop,
-    /// Where requests from the caller go: the callee's Contact (same rule), else the hop the
-    /// INVITE went to.
+    /// Where requests from the caller go: the hop the INVITE went to (same carrier rule).
     pub callee_target: Hop,
+    /// The address each side's Contact named, admitted as a source of that side's requests.
+    pub caller_contact: Option<std::net::IpAddr>,
+    pub callee_contact: Option<std::net::IpAddr>,
     /// The carrier on each side, if any (its source CIDRs may send for that side).
     pub caller_carrier: Option<usize>,
     pub callee_carrier: Option<usize>,
@@ -85,10 +87,15 @@ impl DialogKey {
     }
 }
 
-/// Whether two addresses are of one network: the same IPv4 address, or the same IPv6 /64.
+/// Whether two addresses are of one network: the same IPv4 address, or the same IPv6 /64
+/// (IPv4-mapped IPv6 addresses count as their IPv4 address).
 pub fn same_network(a: std::net::IpAddr, b: std::net::IpAddr) -> bool {
     use std::net::IpAddr::{V4, V6};
-    match (a, b) {
+    let norm = |ip: std::net::IpAddr| match ip {
+        V6(x) => x.to_ipv4_mapped().map_or(ip, V4),
+        v4 => v4,
+    };
+    match (norm(a), norm(b)) {
         (V4(x), V4(y)) => x == y,
         (V6(x), V6(y)) => u128::from(x) >> 64 == u128::from(y) >> 64,
         _ => false,

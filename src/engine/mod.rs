@@ -82,6 +82,8 @@ pub struct Stats {
     pub retransmissions_sent: u64,
     pub stray_responses: u64,
     pub stray_acks: u64,
+    /// ACKs of final answers we gave statelessly (407 and refusals): expected, dropped.
+    pub acks_of_our_answers: u64,
     pub challenges: u64,
     pub auth_failures: u64,
     pub rate_limited: u64,
@@ -109,6 +111,7 @@ impl Stats {
             ("retransmissions_sent", self.retransmissions_sent),
             ("stray_responses", self.stray_responses),
             ("stray_acks", self.stray_acks),
+            ("acks_of_our_answers", self.acks_of_our_answers),
             ("digest_challenges", self.challenges),
             ("digest_failures", self.auth_failures),
             ("invite_rate_limited", self.rate_limited),
@@ -266,8 +269,9 @@ pub struct Engine {
     timing: Timing,
     timer_c: Duration,
     listeners: Vec<(TransportKind, SocketAddr)>,
-    advertise_v6: Option<IpAddr>,
-    advertise_v4: Option<IpAddr>,
+    /// `[advertise]` per family, and whether the config set it (see [`Engine::advertised`]).
+    advertise_v6: (Option<IpAddr>, bool),
+    advertise_v4: (Option<IpAddr>, bool),
     own_ips: Vec<IpAddr>,
     domains: Vec<String>,
     server_header: String,
@@ -314,8 +318,8 @@ impl Engine {
             timing: Timing::from(&cfg.timers),
             timer_c: cfg.timers.timer_c,
             listeners: cfg.listen.iter().map(|l| (l.transport, l.addr)).collect(),
-            advertise_v6: cfg.advertise.ipv6.map(IpAddr::V6),
-            advertise_v4: cfg.advertise.ipv4.map(IpAddr::V4),
+            advertise_v6: (cfg.advertise.ipv6.map(IpAddr::V6), cfg.advertise.ipv6_configured),
+            advertise_v4: (cfg.advertise.ipv4.map(IpAddr::V4), cfg.advertise.ipv4_configured),
             own_ips,
             domains: cfg.sip.domains.clone(),
             server_header: cfg.sip.server_header.clone(),
@@ -671,11 +675,9 @@ impl Engine {
     /// one of its source CIDRs (an SBC cluster may answer from another node).
     fn response_source_ok(&self, cid: u64, src: IpAddr) -> bool {
         let Some(e) = self.clients.get(&cid) else { return false };
-        let norm = |ip: IpAddr| match ip {
-            IpAddr::V6(a) => a.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        if norm(src) == norm(e.hop.dest.ip()) {
+        // The same address, or for IPv6 the same /64 (a phone may answer from a privacy
+        // address; branches are unguessable, so this admits no forgery from afar).
+        if dialog::same_network(src, e.hop.dest.ip()) {
             return true;
         }
         let carrier = match e.owner {
@@ -836,11 +838,12 @@ impl Engine {
 
     /// The address we put in Via and Record-Route on the side of `hop`: the advertised address
     /// of its family and the port of its listener.
-    /// `[advertise]` of that family wins (1:1 NAT: listen on a private address, advertise the
-    /// public one); it defaults to the family's first listener address.
+    /// A configured `[advertise]` of that family wins (1:1 NAT: listen on a private address,
+    /// advertise the public one); otherwise each listener names its own address, and the
+    /// defaulted advertise address only stands in for an unspecified (wildcard) listener.
     fn advertised(&self, hop: &Hop) -> String {
-        let ip = if hop.local.is_ipv6() { self.advertise_v6 } else { self.advertise_v4 };
-        let ip = ip.unwrap_or(hop.local.ip());
+        let (adv, configured) = if hop.local.is_ipv6() { self.advertise_v6 } else { self.advertise_v4 };
+        let ip = adv.filter(|_| configured || hop.local.ip().is_unspecified()).unwrap_or(hop.local.ip());
         match ip {
             IpAddr::V6(a) => format!("[{a}]:{}", hop.local.port()),
             IpAddr::V4(a) => format!("{a}:{}", hop.local.port()),

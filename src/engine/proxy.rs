@@ -292,7 +292,7 @@ impl Engine {
             Ok(u) => u,
             Err(d) => return d,
         };
-        if method == Method::Invite && self.dialogs.len() >= self.limits.max_dialogs {
+        if creates_dialog(method) && self.dialogs.len() >= self.limits.max_dialogs {
             return Answer(503, "Service Unavailable (call limit)", vec![("Retry-After", "10".into())]);
         }
         match self.router.called(&user_part) {
@@ -347,7 +347,7 @@ impl Engine {
         if parallel.is_empty() {
             return Decision::Answer(480, "Temporarily Unavailable", vec![]);
         }
-        if method == Method::Invite && self.dialogs.len() >= self.limits.max_dialogs {
+        if creates_dialog(method) && self.dialogs.len() >= self.limits.max_dialogs {
             return Decision::Answer(503, "Service Unavailable (call limit)", vec![("Retry-After", "10".into())]);
         }
         Decision::Forward(Plan { parallel, serial: VecDeque::new(), record_route: record_routes(method), user, carrier_origin, dialog: None, cseq_offset: 0 })
@@ -435,11 +435,15 @@ impl Engine {
         let &id = self.dialog_index.get(&key).ok_or((481, "Call/Transaction Does Not Exist"))?;
         let d = self.dialogs.get(&id).ok_or((481, "Call/Transaction Does Not Exist"))?;
         let from_caller = key.from_tag == d.caller_tag;
-        let (sender, sender_target, sender_carrier) =
-            if from_caller { (d.caller, d.caller_target, d.caller_carrier) } else { (d.callee, d.callee_target, d.callee_carrier) };
+        let (sender, sender_target, sender_contact, sender_carrier) = if from_caller {
+            (d.caller, d.caller_target, d.caller_contact, d.caller_carrier)
+        } else {
+            (d.callee, d.callee_target, d.callee_contact, d.callee_carrier)
+        };
         let src = from.remote.ip();
         let party = same_network(src, sender.remote.ip())
             || same_network(src, sender_target.dest.ip())
+            || sender_contact.is_some_and(|c| same_network(src, c))
             || sender_carrier.is_some_and(|c| self.router.carriers()[c].source_cidrs.iter().any(|n| n.contains(src)));
         if !party {
             return Err((403, "Forbidden (not a party of this dialog)"));
@@ -455,23 +459,22 @@ impl Engine {
         Ok(InDialog { id, target, carrier, cseq_offset })
     }
 
-    /// Where a party's in-dialog requests may be sent: its Contact when that names an address
-    /// of the party's own network (or its carrier's) that we can reach, else `fallback` (the
-    /// flow or hop the dialog was made on). A Contact elsewhere could point us at a third host.
-    fn party_target(&self, msg: &Message, fallback: Hop, carrier: Option<usize>) -> Hop {
+    /// Where a party's in-dialog requests go, and the address its Contact names (admitted as a
+    /// source of that party's requests too). A phone or PBX is reached over the flow the dialog
+    /// was made on: its TCP connection or NAT binding, which a new connection to its Contact
+    /// could not pass (home routers drop inbound IPv6). A carrier is reached at its Contact when
+    /// that lies in its source CIDRs (another node of its cluster), else at the hop we used.
+    fn party_target(&self, msg: &Message, flow: Hop, carrier: Option<usize>) -> (Hop, Option<IpAddr>) {
         let contact = match &msg.contacts {
             crate::message::ContactList::Addrs(v) => v.first(),
             _ => None,
         };
         let uri = contact.and_then(|c| std::str::from_utf8(msg.slice(c.uri.span)).ok()).and_then(|u| TargetUri::parse(u).ok());
-        let Some(u) = uri else { return fallback };
-        let Some(ip) = u.ip.filter(|_| !u.secure) else { return fallback };
-        let ours = same_network(ip, fallback.dest.ip()) || carrier.is_some_and(|c| self.router.carriers()[c].source_cidrs.iter().any(|n| n.contains(ip)));
-        let transport = u.transport.unwrap_or(fallback.transport);
-        match self.hop_to(transport, SocketAddr::new(ip, u.port.unwrap_or(5060))) {
-            Some(h) if ours => h,
-            _ => fallback,
-        }
+        let contact_ip = uri.as_ref().and_then(|u| u.ip);
+        let (Some(u), Some(c)) = (uri, carrier) else { return (flow, contact_ip) };
+        let in_cidrs = u.ip.is_some_and(|ip| self.router.carriers()[c].source_cidrs.iter().any(|n| n.contains(ip)));
+        let hop = u.ip.filter(|_| in_cidrs && !u.secure).and_then(|ip| self.hop_to(u.transport.unwrap_or(flow.transport), SocketAddr::new(ip, u.port.unwrap_or(5060))));
+        (hop.unwrap_or(flow), contact_ip)
     }
 
     /// §16.4: removes our own Route entries from the top; strict-router compatibility when the
@@ -823,7 +826,15 @@ impl Engine {
         if matches!(status, 401 | 407) && !b.auth_retried && !ctx.cancelled {
             if let (Some(c), Some(r)) = (carrier, resp.as_ref()) {
                 if let Some(line) = self.carrier_credentials(c, status, r, ctx_id, index) {
-                    let cand = self.contexts[&ctx_id].branches[index].candidate.clone();
+                    let Some(ctx) = self.contexts.get(&ctx_id) else { return };
+                    let cand = ctx.branches[index].candidate.clone();
+                    // In a dialog the retry took one CSeq number toward the carrier for good:
+                    // the caller's later requests (and this request's ACK) shift by one more.
+                    if let Some(did) = ctx.dialog {
+                        if let Some(d) = self.dialogs.get_mut(&did) {
+                            d.cseq_offset += 1;
+                        }
+                    }
                     self.send_branch(now, ctx_id, cand, hop, Some((line, 1)));
                     return;
                 }
@@ -988,9 +999,13 @@ impl Engine {
         let (Some(ftag), Some(ttag)) = (ctx.request.from.tag, resp.to.tag) else { return };
         let caller_flow = Hop { transport: ctx.from.transport, local: ctx.from.local, dest: ctx.from.remote };
         let caller_carrier = ctx.carrier_origin;
+        let caller_target = self.party_target(&ctx.request, caller_flow, caller_carrier);
+        let callee_target = self.party_target(resp, hop, carrier);
         let d = Dialog {
-            caller_target: self.party_target(&ctx.request, caller_flow, caller_carrier),
-            callee_target: self.party_target(resp, hop, carrier),
+            caller_target: caller_target.0,
+            callee_target: callee_target.0,
+            caller_contact: caller_target.1,
+            callee_contact: callee_target.1,
             caller_carrier,
             callee_carrier: carrier,
             call_id: Bytes::copy_from_slice(ctx.request.slice(ctx.request.call_id)),
@@ -1071,6 +1086,11 @@ impl Engine {
         }
         if msg.to.tag.is_none() || msg.max_forwards == Some(0) {
             self.stats.stray_acks += 1;
+            return;
+        }
+        if msg.to.tag.is_some_and(|t| msg.slice(t) == crate::message::response::stable_tag(&msg).as_bytes()) {
+            // The ACK of a final answer we gave statelessly (a 407, a refusal): nothing to do.
+            self.stats.acks_of_our_answers += 1;
             return;
         }
         let routing = self.route_processing(&msg);
@@ -1176,6 +1196,11 @@ fn record_best(ctx: &mut ProxyCtx, status: u16, bytes: Option<Bytes>) {
 /// Methods that create dialogs and so get Record-Route.
 fn record_routes(m: Method) -> bool {
     matches!(m, Method::Invite | Method::Subscribe | Method::Refer | Method::Notify)
+}
+
+/// Methods whose 2xx creates a dialog record here (and so count against `max_dialogs`).
+fn creates_dialog(m: Method) -> bool {
+    matches!(m, Method::Invite | Method::Subscribe | Method::Refer)
 }
 
 /// The loop-detection hash (§16.6 step 8): what identifies the request as it arrived.

@@ -82,8 +82,9 @@ fn status_line(out: &mut BytesMut, code: u16, reason: &str) {
 }
 
 /// A To tag that is the same for retransmissions of one request, so stateless answers stay
-/// consistent (RFC 3261 §8.2.6.2, §16.11).
-fn stable_tag(req: &Message) -> String {
+/// consistent (RFC 3261 §8.2.6.2, §16.11); the ACK of a non-2xx answer (same branch, Call-ID,
+/// From tag and CSeq number) carries it back, which is how that ACK is recognised.
+pub fn stable_tag(req: &Message) -> String {
     to_tag((
         req.slice(req.call_id),
         req.from.tag.map(|t| req.slice(t)),
