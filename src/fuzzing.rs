@@ -173,7 +173,8 @@ pub fn exercise_engine(data: &[u8]) {
         }
     }
     // Time passes: every table must drain (dialogs after their idle timeout).
-    let end = now + Duration::from_secs(cfg.limits.dialog_idle_secs + 3600);
+    // Past the dialog idle timeout, plus Timer C (181 s) and the longest transaction timers.
+    let end = now + Duration::from_secs(cfg.limits.dialog_idle_secs + 600);
     for _ in 0..100_000 {
         match eng.poll_timeout() {
             Some(at) if at <= end => {

@@ -132,6 +132,18 @@ fn auth_uri(service: &str, sg_port: u16) -> String {
     format!("{service}@[::1]:{sg_port}")
 }
 
+/// Phone alice (sipp on ::1) runs `scenario` calling `number` through sixgate on `[::1]:sg_port`
+/// with digest (strict uri), optionally checking the double Record-Route; waits for success.
+fn phone_calls(scenario: &str, number: &str, sg_port: u16, rr_check: bool) {
+    let uri = auth_uri(number, sg_port);
+    let mut args = vec!["-s", number, "-auth_uri", &uri];
+    if rr_check {
+        args.extend(["-set", "rr_check", "1"]);
+    }
+    let target = format!("[::1]:{sg_port}");
+    sipp(None, scenario, "::1", port(), &args, Some(&target)).expect_success(CALL);
+}
+
 const CALL: Duration = Duration::from_secs(40);
 
 /// Lets a UAS sipp bind before the UAC starts.
@@ -145,8 +157,7 @@ fn ipv6_phone_calls_ipv4_carrier_with_digest_and_double_record_route() {
     let sg = Sixgate::start(sgp, &config(sgp, &carrier("c1", c1, "+44", 1, ""), ""));
     let uas = sipp(None, "uas_call.xml", "127.0.0.1", c1, &["-set", "rr_check", "1"], None);
     settle();
-    let target = format!("[::1]:{}", sg.port);
-    sipp(None, "uac_call_auth.xml", "::1", port(), &["-s", "+442079460000", "-auth_uri", &auth_uri("+442079460000", sg.port), "-set", "rr_check", "1"], Some(&target)).expect_success(CALL);
+    phone_calls("uac_call_auth.xml", "+442079460000", sg.port, true);
     uas.expect_success(CALL);
 }
 
@@ -154,14 +165,13 @@ fn ipv6_phone_calls_ipv4_carrier_with_digest_and_double_record_route() {
 fn cancel_before_answer_and_busy() {
     let (sgp, c1) = (port(), port());
     let sg = Sixgate::start(sgp, &config(sgp, &carrier("c1", c1, "+44", 1, ""), ""));
-    let target = format!("[::1]:{}", sg.port);
     let uas = sipp(None, "uas_ring_forever.xml", "127.0.0.1", c1, &[], None);
     settle();
-    sipp(None, "uac_cancel.xml", "::1", port(), &["-s", "+442079460001", "-auth_uri", &auth_uri("+442079460001", sg.port)], Some(&target)).expect_success(CALL);
+    phone_calls("uac_cancel.xml", "+442079460001", sg.port, false);
     uas.expect_success(CALL);
     let uas = sipp(None, "uas_busy.xml", "127.0.0.1", c1, &[], None);
     settle();
-    sipp(None, "uac_call_busy.xml", "::1", port(), &["-s", "+442079460002", "-auth_uri", &auth_uri("+442079460002", sg.port)], Some(&target)).expect_success(CALL);
+    phone_calls("uac_call_busy.xml", "+442079460002", sg.port, false);
     uas.expect_success(CALL);
 }
 
@@ -175,8 +185,7 @@ fn a_silent_first_carrier_fails_over_to_the_second() {
     let sg = Sixgate::start(sgp, &config(sgp, &carriers, "[timers]\nt1_ms = 100\nt2_ms = 4000\n"));
     let uas = sipp(None, "uas_call.xml", "127.0.0.1", c2, &["-set", "rr_check", "1"], None);
     settle();
-    let target = format!("[::1]:{}", sg.port);
-    sipp(None, "uac_call_auth.xml", "::1", port(), &["-s", "+442079460003", "-auth_uri", &auth_uri("+442079460003", sg.port)], Some(&target)).expect_success(CALL);
+    phone_calls("uac_call_auth.xml", "+442079460003", sg.port, false);
     uas.expect_success(CALL);
 }
 
@@ -215,8 +224,7 @@ fn a_carrier_challenge_is_answered_with_its_credentials() {
     let sg = Sixgate::start(sgp, &config(sgp, &carrier("c1", c1, "+33", 1, "username = \"trunk1\"\npassword = \"trunksecret\"\n"), ""));
     let uas = sipp(None, "uas_carrier_challenge.xml", "127.0.0.1", c1, &["-set", "rr_check", "1"], None);
     settle();
-    let target = format!("[::1]:{}", sg.port);
-    sipp(None, "uac_call_auth.xml", "::1", port(), &["-s", "+33144556677", "-auth_uri", &auth_uri("+33144556677", sg.port)], Some(&target)).expect_success(CALL);
+    phone_calls("uac_call_auth.xml", "+33144556677", sg.port, false);
     uas.expect_success(CALL);
 }
 
@@ -227,8 +235,7 @@ fn a_carrier_over_tcp_gets_a_connection_opened_and_reused_in_dialog() {
     // rr_check: two Record-Route entries, UDP/IPv6 side and TCP/IPv4 side.
     let uas = sipp_over("t1", None, "uas_call.xml", "127.0.0.1", c1, &["-set", "rr_check", "1"], None);
     settle();
-    let target = format!("[::1]:{}", sg.port);
-    sipp(None, "uac_call_auth.xml", "::1", port(), &["-s", "+442079460007", "-auth_uri", &auth_uri("+442079460007", sg.port), "-set", "rr_check", "1"], Some(&target)).expect_success(CALL);
+    phone_calls("uac_call_auth.xml", "+442079460007", sg.port, true);
     uas.expect_success(CALL);
 }
 
@@ -249,8 +256,7 @@ fn a_carrier_by_name_is_found_by_rfc_3263_and_fails_over_across_srv_targets() {
     let sg = Sixgate::start(sgp, &config(sgp, carriers, &extra));
     let uas = sipp(None, "uas_call.xml", "127.0.0.1", live, &["-set", "rr_check", "1"], None);
     settle();
-    let target = format!("[::1]:{}", sg.port);
-    sipp(None, "uac_call_auth.xml", "::1", port(), &["-s", "+442079460008", "-auth_uri", &auth_uri("+442079460008", sg.port), "-set", "rr_check", "1"], Some(&target)).expect_success(CALL);
+    phone_calls("uac_call_auth.xml", "+442079460008", sg.port, true);
     uas.expect_success(CALL);
 }
 
