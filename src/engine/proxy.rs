@@ -67,7 +67,12 @@ struct Branch {
 #[derive(Debug)]
 pub struct ProxyCtx {
     server: u64,
-    request: Message,
+    /// The request as received, while a branch may still need it (new branches, carrier
+    /// credentials, a dialog from a 2xx); dropped once every branch has its final answer.
+    request: Option<Message>,
+    method: Method,
+    /// The CSeq number the caller used (responses are set back to it).
+    original_cseq: u32,
     from: Inbound,
     is_invite: bool,
     /// Dialog-creating requests get Record-Route.
@@ -573,7 +578,9 @@ impl Engine {
             ctx_id,
             ProxyCtx {
                 server: sid,
-                request: req,
+                method: req.method().unwrap_or(Method::Extension),
+                original_cseq: req.cseq.seq,
+                request: Some(req),
                 from,
                 is_invite,
                 record_route: plan.record_route,
@@ -692,8 +699,9 @@ impl Engine {
     /// for a carrier's challenge (then the CSeq goes up by one).
     fn send_branch(&mut self, now: Instant, ctx_id: u64, c: Candidate, hop: Hop, auth: Option<(String, u32)>) {
         let Some(ctx) = self.contexts.get(&ctx_id) else { return };
+        let Some(request) = &ctx.request else { return };
         let inbound_hop = Hop { transport: ctx.from.transport, local: ctx.from.local, dest: ctx.from.remote };
-        let loop_tag = loop_hash(&ctx.request);
+        let loop_tag = loop_hash(request);
         let branch = format!("{BRANCH_PREFIX}{loop_tag:016x}-{:x}", self.rng.next_u64());
         let proto = if hop.transport == TransportKind::Tcp { "TCP" } else { "UDP" };
         let mut top = format!("Via: SIP/2.0/{proto} {};branch={branch};rport\r\n", self.advertised(&hop));
@@ -705,7 +713,7 @@ impl Engine {
                 top.push_str(&self.record_route_line(&inbound_hop));
             }
         }
-        let Some(cseq) = checked_cseq(ctx.request.cseq.seq, ctx.cseq_offset + u32::from(auth.is_some())) else {
+        let Some(cseq) = checked_cseq(ctx.original_cseq, ctx.cseq_offset + u32::from(auth.is_some())) else {
             self.candidate_failed(now, ctx_id, 500);
             return;
         };
@@ -718,7 +726,7 @@ impl Engine {
             }
         }
         let bytes = edit::forward_request(
-            &ctx.request,
+            request,
             &Forward {
                 request_uri: c.ruri.as_deref(),
                 top: &top,
@@ -726,7 +734,7 @@ impl Engine {
                 pop_routes: ctx.pop_routes,
                 pop_last_route: ctx.pop_last_route,
                 drop_lines: &ctx.drop_lines,
-                cseq: (cseq != ctx.request.cseq.seq).then_some(cseq),
+                cseq: (cseq != ctx.original_cseq).then_some(cseq),
             },
         );
         let framing = if hop.transport == TransportKind::Tcp { Framing::Stream } else { Framing::Datagram };
@@ -763,7 +771,7 @@ impl Engine {
     /// A response (or a timeout/transport failure as `status` with no message) on a branch.
     pub(super) fn branch_response(&mut self, now: Instant, ctx_id: u64, index: usize, cid: u64, status: u16, resp: Option<Message>) {
         let Some(ctx) = self.contexts.get_mut(&ctx_id) else { return };
-        let original_cseq = ctx.request.cseq.seq;
+        let original_cseq = ctx.original_cseq;
         let Some(b) = ctx.branches.get_mut(index) else { return };
         let upstream = |resp: &Message, b: &Branch| edit::pop_via_and_cseq(resp, (b.cseq != original_cseq).then_some(original_cseq));
         if status < 200 {
@@ -792,9 +800,9 @@ impl Engine {
             let server = ctx.server;
             let is_invite = ctx.is_invite;
             let dialog_of_request = ctx.dialog;
-            let is_bye = ctx.request.method() == Some(Method::Bye);
+            let is_bye = ctx.method == Method::Bye;
             // Subscriptions are dialogs too (RFC 6665): their NOTIFYs come in-dialog.
-            let creates_subscription = matches!(ctx.request.method(), Some(Method::Subscribe | Method::Refer));
+            let creates_subscription = matches!(ctx.method, Method::Subscribe | Method::Refer);
             let already_final = ctx.final_sent;
             if !already_final || is_invite {
                 ctx.final_sent = true;
@@ -820,6 +828,8 @@ impl Engine {
             return;
         }
         if !first_final || ctx.final_sent {
+            // A late answer (a cancelled branch's 487): maybe the last one we waited for.
+            self.retire_if_answered(ctx_id);
             return;
         }
         // A carrier asks for credentials we hold: answer once (RFC 3261 §22.2, as a UAC would).
@@ -841,7 +851,7 @@ impl Engine {
             }
         }
         let Some(ctx) = self.contexts.get_mut(&ctx_id) else { return };
-        if ctx.request.method() == Some(Method::Bye) {
+        if ctx.method == Method::Bye {
             if let Some(did) = ctx.dialog {
                 // A BYE that failed still ends our record of the call: the caller hung up.
                 self.remove_dialog(did, "BYE failed");
@@ -884,13 +894,15 @@ impl Engine {
         let header = if status == 401 { HeaderName::WwwAuthenticate } else { HeaderName::ProxyAuthenticate };
         let ch = resp.headers_named(header).find_map(|h| Challenge::parse(resp.slice(h.value)))?;
         let ctx = self.contexts.get(&ctx_id)?;
+        let request = ctx.request.as_ref()?;
         let b = ctx.branches.get(index)?;
         let uri = match &b.candidate.ruri {
             Some(u) => u.clone(),
-            None => String::from_utf8_lossy(ctx.request.request_uri().map(|u| ctx.request.slice(u.span))?).into_owned(),
+            None => String::from_utf8_lossy(request.request_uri().map(|u| request.slice(u.span))?).into_owned(),
         };
+        let method = request.method_bytes().to_vec();
         let cnonce = format!("{:016x}", self.rng.next_u64());
-        let value = auth::answer_challenge(&ch, &user, &pass, ctx.request.method_bytes(), &uri, &cnonce);
+        let value = auth::answer_challenge(&ch, &user, &pass, &method, &uri, &cnonce);
         let name = if status == 401 { "Authorization" } else { "Proxy-Authorization" };
         Some(format!("{name}: {value}\r\n"))
     }
@@ -977,9 +989,18 @@ impl Engine {
     /// A non-INVITE context is of no use once its final answer is out (its other branches
     /// cannot be cancelled and their answers are dropped): forget it now rather than keep its
     /// request through the server transaction's 32 s of Timer J.
+    ///
+    /// An INVITE context stays (its server transaction forwards 2xx retransmissions for 32 s),
+    /// but lets go of its request once every branch has its final answer.
     fn retire_if_answered(&mut self, ctx_id: u64) {
-        let Some(ctx) = self.contexts.get(&ctx_id) else { return };
-        if ctx.is_invite || !ctx.final_sent {
+        let Some(ctx) = self.contexts.get_mut(&ctx_id) else { return };
+        if !ctx.final_sent {
+            return;
+        }
+        if ctx.is_invite {
+            if ctx.lookups_pending == 0 && ctx.branches.iter().all(|b| b.final_status.is_some()) {
+                ctx.request = None;
+            }
             return;
         }
         let server = ctx.server;
@@ -996,10 +1017,11 @@ impl Engine {
 
     fn create_dialog(&mut self, now: Instant, ctx_id: u64, resp: &Message, hop: Hop, carrier: Option<usize>, branch_cseq: u32) {
         let Some(ctx) = self.contexts.get(&ctx_id) else { return };
-        let (Some(ftag), Some(ttag)) = (ctx.request.from.tag, resp.to.tag) else { return };
+        let Some(request) = &ctx.request else { return };
+        let (Some(ftag), Some(ttag)) = (request.from.tag, resp.to.tag) else { return };
         let caller_flow = Hop { transport: ctx.from.transport, local: ctx.from.local, dest: ctx.from.remote };
         let caller_carrier = ctx.carrier_origin;
-        let caller_target = self.party_target(&ctx.request, caller_flow, caller_carrier);
+        let caller_target = self.party_target(request, caller_flow, caller_carrier);
         let callee_target = self.party_target(resp, hop, carrier);
         let d = Dialog {
             caller_target: caller_target.0,
@@ -1008,8 +1030,8 @@ impl Engine {
             callee_contact: callee_target.1,
             caller_carrier,
             callee_carrier: carrier,
-            call_id: Bytes::copy_from_slice(ctx.request.slice(ctx.request.call_id)),
-            caller_tag: Bytes::copy_from_slice(ctx.request.slice(ftag)),
+            call_id: Bytes::copy_from_slice(request.slice(request.call_id)),
+            caller_tag: Bytes::copy_from_slice(request.slice(ftag)),
             callee_tag: Bytes::copy_from_slice(resp.slice(ttag)),
             caller: Leg { transport: ctx.from.transport, local: ctx.from.local, remote: ctx.from.remote },
             callee: Leg { transport: hop.transport, local: hop.local, remote: hop.dest },
@@ -1017,7 +1039,7 @@ impl Engine {
             carrier: carrier.or(ctx.carrier_origin).map(|c| self.router.carriers()[c].name.clone()),
             created: now,
             last_activity: now,
-            cseq_offset: branch_cseq.wrapping_sub(ctx.request.cseq.seq),
+            cseq_offset: branch_cseq.wrapping_sub(ctx.original_cseq),
         };
         let keys = DialogKey::both(&d);
         if keys.iter().any(|k| self.dialog_index.contains_key(k)) {
