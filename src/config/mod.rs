@@ -649,7 +649,7 @@ impl Reader {
                 })
                 .collect(),
             Some(v) => {
-                self.issue(key, &format!("must be an array of tables ([[{key}]])"), Some(v));
+                self.issue(key, format!("must be an array of tables ([[{key}]])"), Some(v));
                 Vec::new()
             }
         }

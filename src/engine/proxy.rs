@@ -382,7 +382,7 @@ impl Engine {
                 }
             }
         }
-        let from_user = self.from_local_user(req);
+        let from_user = self.local_user_in_from(req);
         let Some(user) = authenticated else {
             if from_user.is_none() && !stale {
                 // Neither a carrier nor one of our users: nothing to challenge.
@@ -403,7 +403,7 @@ impl Engine {
     }
 
     /// The local user the From header names (user part of a From URI in our domain).
-    fn from_local_user(&self, req: &Message) -> Option<String> {
+    fn local_user_in_from(&self, req: &Message) -> Option<String> {
         let uri = req.from.uri;
         let buf = req.bytes();
         if !uri.is_sip() || !uri.host.is_some_and(|h| self.host_is_ours(req, h)) {

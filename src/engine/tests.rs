@@ -515,8 +515,8 @@ fn lossy_call(seed: u64, loss: f64) -> (bool, TableSizes) {
             }
         }
         // The carrier keeps re-sending its 486 until the ACK arrives (its own Timer G).
-        if !carrier_ack && carrier_invite.is_some() && chance() < 0.3 {
-            let r = respond(carrier_invite.as_ref().unwrap(), 486, "Busy Here", Some("lossy"), "");
+        if let Some(inv) = carrier_invite.as_ref().filter(|_| !carrier_ack && chance() < 0.3) {
+            let r = respond(inv, 486, "Busy Here", Some("lossy"), "");
             if chance() >= loss {
                 let out = sim.send(PRIMARY, &r);
                 in_flight.extend(out.into_iter().map(|x| (sim.now, x)));
