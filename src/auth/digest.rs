@@ -143,11 +143,12 @@ impl Nonces {
     }
 }
 
-/// What a nonce is bound to: an IPv4 address or an IPv6 /64 (privacy addresses rotate inside it).
+/// What a nonce is bound to: the caller's network ([`crate::transport::source_key`]: an IPv4
+/// address or an IPv6 /64, inside which privacy addresses rotate), as 16 bytes.
 fn source_key(ip: IpAddr) -> [u8; 16] {
-    match ip {
+    match crate::transport::source_key(ip) {
         IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-        IpAddr::V6(a) => (u128::from(a) & !u128::from(u64::MAX)).to_be_bytes(),
+        IpAddr::V6(a) => a.octets(),
     }
 }
 

@@ -95,9 +95,5 @@ pub fn same_network(a: std::net::IpAddr, b: std::net::IpAddr) -> bool {
         V6(x) => x.to_ipv4_mapped().map_or(ip, V4),
         v4 => v4,
     };
-    match (norm(a), norm(b)) {
-        (V4(x), V4(y)) => x == y,
-        (V6(x), V6(y)) => u128::from(x) >> 64 == u128::from(y) >> 64,
-        _ => false,
-    }
+    crate::transport::source_key(norm(a)) == crate::transport::source_key(norm(b))
 }

@@ -794,10 +794,7 @@ impl Engine {
 
     /// Takes one INVITE token for `source`; false when its rate is exceeded.
     fn take_invite_token(&mut self, now: Instant, source: IpAddr) -> bool {
-        let key = match source {
-            IpAddr::V4(_) => source,
-            IpAddr::V6(a) => IpAddr::V6((u128::from(a) & !u128::from(u64::MAX)).into()),
-        };
+        let key = crate::transport::source_key(source);
         let rate = f64::from(self.limits.invite_rate_per_source);
         let burst = f64::from(self.limits.invite_burst_per_source);
         if self.buckets.len() >= MAX_BUCKETS && !self.buckets.contains_key(&key) {

@@ -12,7 +12,7 @@ use super::edit::{self, Forward};
 use super::{ClientOwner, Engine, Event, Hop, Output, ServerEntry, TimerRef};
 use crate::auth::{self, Challenge, Verdict};
 use crate::config::{Secret, TargetUri, TransportKind};
-use crate::message::{parse, Framing, HeaderName, Host, Message, Method, Scheme, Span};
+use crate::message::{parse, HeaderName, Host, Message, Method, Scheme, Span};
 use crate::routing::dns::{DnsError, Query, Resolution};
 use crate::routing::Called;
 use crate::transaction::{Kind, ServerKey, ServerState, ServerTxn};
@@ -203,7 +203,9 @@ impl Engine {
         // (refusals, challenges, OPTIONS to us) is answered statelessly (RFC 3261 §16.11): a
         // spoofed request then holds no memory and buys exactly one answer, with no Timer G
         // retransmissions towards its victim. A retransmission is simply answered again.
-        match self.decide(now, &msg, from) {
+        // Route processing (§16.4) once: the decision and the forwarding both use it.
+        let routing = self.route_processing(&msg);
+        match self.decide(now, &msg, from, &routing) {
             Decision::Answer(status, reason, headers) => self.answer_stateless(&msg, from, status, reason, &headers),
             Decision::Forward(plan) => {
                 if self.servers.len() >= self.limits.max_transactions {
@@ -221,14 +223,14 @@ impl Engine {
                     // §16.2 / §17.2.1: 100 Trying at once, so the caller stops retransmitting.
                     self.answer(now, sid, 100, "Trying", &[]);
                 }
-                self.forward(now, sid, msg, from, plan);
+                self.forward(now, sid, msg, from, plan, &routing);
             }
         }
     }
 
     /// The routing decision for a new request (§16.3 validation, §16.4 Route processing,
     /// then local user / carrier / refusal).
-    fn decide(&mut self, now: Instant, req: &Message, from: Inbound) -> Decision {
+    fn decide(&mut self, now: Instant, req: &Message, from: Inbound, routing: &Routing) -> Decision {
         use Decision::Answer;
         let method = req.method().unwrap_or(Method::Extension);
         let Some(uri) = req.request_uri() else { return Answer(400, "Bad Request", vec![]) };
@@ -240,7 +242,6 @@ impl Engine {
         if !unsupported.is_empty() {
             return Answer(420, "Bad Extension", vec![("Unsupported", unsupported.join(", "))]);
         }
-        let routing = self.route_processing(req);
         let for_us = routing.new_ruri.is_none() && !routing.foreign_routes && self.addressed_to_us(req);
         // RFC 3261 §11 / §16.3 step 3: an OPTIONS that cannot go further is answered by us.
         let options_here = method == Method::Options && req.max_forwards == Some(0) && req.to.tag.is_none();
@@ -418,7 +419,7 @@ impl Engine {
 
     /// In-dialog requests (To tag present): only within a dialog we hold, only from one of its
     /// parties, and only to the other party's stored target (see [`Engine::in_dialog`]).
-    fn decide_in_dialog(&mut self, now: Instant, req: &Message, from: Inbound, routing: Routing) -> Decision {
+    fn decide_in_dialog(&mut self, now: Instant, req: &Message, from: Inbound, routing: &Routing) -> Decision {
         match self.in_dialog(now, req, from) {
             Err((status, reason)) => Decision::Answer(status, reason, vec![]),
             Ok(d) => Decision::Forward(Plan {
@@ -569,8 +570,7 @@ impl Engine {
 
     // ----- forwarding -----
 
-    fn forward(&mut self, now: Instant, sid: u64, req: Message, from: Inbound, plan: Plan) {
-        let routing = self.route_processing(&req);
+    fn forward(&mut self, now: Instant, sid: u64, req: Message, from: Inbound, plan: Plan, routing: &Routing) {
         let drop_lines = self.lines_to_drop(&req, self.router.carrier_by_source(from.remote.ip()).is_some());
         let ctx_id = self.id();
         let is_invite = req.method() == Some(Method::Invite);
@@ -703,8 +703,7 @@ impl Engine {
         let inbound_hop = Hop { transport: ctx.from.transport, local: ctx.from.local, dest: ctx.from.remote };
         let loop_tag = loop_hash(request);
         let branch = format!("{BRANCH_PREFIX}{loop_tag:016x}-{:x}", self.rng.next_u64());
-        let proto = if hop.transport == TransportKind::Tcp { "TCP" } else { "UDP" };
-        let mut top = format!("Via: SIP/2.0/{proto} {};branch={branch};rport\r\n", self.advertised(&hop));
+        let mut top = self.via_line(&hop, &branch);
         if ctx.record_route {
             // One entry per side when the request crosses family or transport (RFC 5658), the
             // outbound side on top: each side's route set then names an address it can reach.
@@ -737,7 +736,7 @@ impl Engine {
                 cseq: (cseq != ctx.original_cseq).then_some(cseq),
             },
         );
-        let framing = if hop.transport == TransportKind::Tcp { Framing::Stream } else { Framing::Datagram };
+        let framing = hop.transport.framing();
         let parsed = match parse(bytes.clone(), framing) {
             Ok(m) => m,
             Err(e) => {
@@ -761,6 +760,12 @@ impl Engine {
                 b.final_status = Some(500);
             }
         }
+    }
+
+    /// Our Via for a request leaving on `hop` (RFC 3261 §16.6 step 8, with `rport`: RFC 3581).
+    fn via_line(&self, hop: &Hop, branch: &str) -> String {
+        let proto = if hop.transport == TransportKind::Tcp { "TCP" } else { "UDP" };
+        format!("Via: SIP/2.0/{proto} {};branch={branch};rport\r\n", self.advertised(hop))
     }
 
     fn record_route_line(&self, side: &Hop) -> String {
@@ -937,7 +942,7 @@ impl Engine {
         // If the callee never answers the INVITE after our CANCEL, give up 64*T1 later.
         e.timer_c = Some(now + self.timing.long());
         self.client_rescheduled(cid);
-        let framing = if hop.transport == TransportKind::Tcp { Framing::Stream } else { Framing::Datagram };
+        let framing = hop.transport.framing();
         if let Ok(parsed) = parse(bytes.clone(), framing) {
             self.start_client(now, parsed, bytes, hop, ClientOwner::Cancel, false);
         }
@@ -1124,8 +1129,7 @@ impl Engine {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         msg.top_via().branch.map(|b| msg.slice(b)).hash(&mut h);
         let branch = format!("{BRANCH_PREFIX}{:016x}-a{:x}", loop_hash(&msg), h.finish());
-        let proto = if hop.transport == TransportKind::Tcp { "TCP" } else { "UDP" };
-        let top = format!("Via: SIP/2.0/{proto} {};branch={branch};rport\r\n", self.advertised(&hop));
+        let top = self.via_line(&hop, &branch);
         let Some(cseq) = checked_cseq(msg.cseq.seq, cseq_offset) else {
             self.stats.stray_acks += 1;
             return;
@@ -1179,20 +1183,19 @@ impl Engine {
     fn send_probe_to(&mut self, now: Instant, carrier: usize, hop: Hop) {
         let c = &self.router.carriers()[carrier];
         let ruri = c.uri.text.clone();
-        let proto = if hop.transport == TransportKind::Tcp { "TCP" } else { "UDP" };
         let me = self.advertised(&hop);
         let branch = format!("{BRANCH_PREFIX}p-{:x}", self.rng.next_u64());
+        let via = self.via_line(&hop, &branch);
         let tag = format!("{:x}", self.rng.next_u64());
         let call_id = format!("{:x}{:x}@sixgate", self.rng.next_u64(), self.rng.next_u64());
         let text = format!(
-            "OPTIONS {ruri} SIP/2.0\r\nVia: SIP/2.0/{proto} {me};branch={branch};rport\r\nMax-Forwards: 70\r\n\
+            "OPTIONS {ruri} SIP/2.0\r\n{via}Max-Forwards: 70\r\n\
              From: <sip:sixgate@{me}>;tag={tag}\r\nTo: <{ruri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\n\
              User-Agent: {}\r\nContent-Length: 0\r\n\r\n",
             if self.server_header.is_empty() { "sixgate" } else { &self.server_header }
         );
         let bytes = Bytes::from(text);
-        let framing = if hop.transport == TransportKind::Tcp { Framing::Stream } else { Framing::Datagram };
-        if let Ok(parsed) = parse(bytes.clone(), framing) {
+        if let Ok(parsed) = parse(bytes.clone(), hop.transport.framing()) {
             self.start_client(now, parsed, bytes, hop, ClientOwner::Probe { carrier }, false);
         }
     }

@@ -97,7 +97,7 @@ impl Sim {
     }
 
     fn send_over(&mut self, transport: TransportKind, remote: &str, text: &str) -> Vec<Transmit> {
-        let framing = if transport == TransportKind::Tcp { Framing::Stream } else { Framing::Datagram };
+        let framing = transport.framing();
         let msg = parse(Bytes::copy_from_slice(text.as_bytes()), framing).unwrap_or_else(|e| panic!("{e}: {text}"));
         let from = self.inbound(transport, remote);
         self.eng.handle(self.now, Input::Received { msg, from });

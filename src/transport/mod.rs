@@ -13,7 +13,27 @@ pub mod tcp;
 pub mod udp;
 
 use crate::config::TransportKind;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+
+/// The network a source address stands for: an IPv4 address, or an IPv6 /64 — one host can hold
+/// a whole /64 (SLAAC privacy addresses), so counting /128s would cap or recognise nothing.
+/// Per-source caps (TCP connections, INVITE rate), nonce binding and dialog parties all use it.
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(a) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(a) & !u128::from(u64::MAX))),
+    }
+}
+
+impl TransportKind {
+    /// How messages on this transport are framed.
+    pub fn framing(self) -> crate::message::Framing {
+        match self {
+            TransportKind::Udp => crate::message::Framing::Datagram,
+            TransportKind::Tcp => crate::message::Framing::Stream,
+        }
+    }
+}
 
 /// Where a message came from: enough to answer it on the same flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

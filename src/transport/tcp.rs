@@ -8,13 +8,13 @@
 //! flush grace so its socket cannot outlive the table entry.
 
 use super::framing::{Frame, FrameError, StreamFramer};
-use super::{Inbound, PONG};
+use super::{source_key, Inbound, PONG};
 use crate::config::{Limits, TransportKind};
 use crate::core::Core;
 use crate::message::{parse, Framing, Message, MessageError};
 use bytes::Bytes;
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -29,15 +29,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
 /// Bytes read per call (on the stack, not kept per idle connection).
 const READ_CHUNK: usize = 4096;
-
-/// What the per-source cap counts: an IPv4 address, or an IPv6 /64 — one host can hold a
-/// whole /64 (SLAAC privacy addresses), so counting /128s would not cap anything.
-fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & !u128::from(u64::MAX))),
-    }
-}
 
 /// Open connections: remote address -> the queue of its writer task.
 #[derive(Default)]

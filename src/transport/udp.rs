@@ -42,23 +42,14 @@ pub fn handle_datagram(core: &Core, data: &[u8], from: Inbound, max_message: usi
     }
 }
 
+/// What one datagram is, before the amplification guard.
 fn classify(core: &Core, data: &[u8], from: Inbound, max_message: usize) -> Datagram {
-    match answer_datagram(core, data, from, max_message) {
-        Ok(Some(out)) => Datagram::Answer(out),
-        Ok(None) => Datagram::Nothing,
-        Err(msg) => Datagram::Message(msg),
-    }
-}
-
-/// `Ok(answer)` for what is handled here, `Err(message)` for a validated SIP message (not an
-/// error: the other outcome, kept unboxed for the same reason as [`Datagram`]).
-#[allow(clippy::result_large_err)]
-fn answer_datagram(core: &Core, data: &[u8], from: Inbound, max_message: usize) -> Result<Option<Outbound>, Message> {
+    let answer = |out: Option<Outbound>| out.map_or(Datagram::Nothing, Datagram::Answer);
     if data.is_empty() {
-        return Ok(None);
+        return Datagram::Nothing;
     }
     if stun::is_stun(data) {
-        return Ok(match stun::answer(data, from.remote) {
+        return answer(match stun::answer(data, from.remote) {
             Ok(bytes) => {
                 core.metrics.inc("stun", "binding");
                 Some(Outbound { dest: from.remote, bytes: Bytes::from(bytes) })
@@ -72,17 +63,17 @@ fn answer_datagram(core: &Core, data: &[u8], from: Inbound, max_message: usize) 
     if data.iter().all(|&b| b == b'\r' || b == b'\n') {
         if data.starts_with(PING) {
             core.metrics.inc("keepalive", "udp_ping");
-            return Ok(Some(Outbound { dest: from.remote, bytes: Bytes::from_static(PONG) }));
+            return Datagram::Answer(Outbound { dest: from.remote, bytes: Bytes::from_static(PONG) });
         }
         core.metrics.inc("dropped", "stray_crlf");
-        return Ok(None);
+        return Datagram::Nothing;
     }
     if data.len() > max_message {
-        return Ok(core.on_invalid(data, &MessageError::TooLarge, from));
+        return answer(core.on_invalid(data, &MessageError::TooLarge, from));
     }
     match parse(Bytes::copy_from_slice(data), Framing::Datagram) {
-        Ok(msg) => Err(msg),
-        Err(e) => Ok(core.on_invalid(data, &e, from)),
+        Ok(msg) => Datagram::Message(msg),
+        Err(e) => answer(core.on_invalid(data, &e, from)),
     }
 }
 
@@ -134,7 +125,7 @@ mod tests {
             &[0, 1, 0, 0, 0x21, 0x12, 0xA4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
         ];
         for req in minimal {
-            let out = answer_datagram(&core, req, from, 65535).expect("handled here").expect("answered");
+            let Datagram::Answer(out) = classify(&core, req, from, 65535) else { panic!("answered here") };
             let ratio = out.bytes.len() as f64 / req.len() as f64;
             eprintln!("{} -> {} bytes ({ratio:.2}x)", req.len(), out.bytes.len());
             assert!(out.bytes.len() <= MAX_UDP_AMPLIFICATION * req.len(), "ratio {ratio:.2} for {:?}", String::from_utf8_lossy(req));
