@@ -715,3 +715,26 @@ fn in_dialog_requests_go_only_to_the_other_party_and_only_from_a_party() {
     assert_eq!(status(out.last().unwrap()), 403);
     assert!(out.iter().all(|t| t.dest != sa(PRIMARY)));
 }
+
+#[test]
+fn a_subscription_is_a_dialog_its_notify_follows() {
+    let mut sim = Sim::new();
+    let sub = invite("sip:+442079000000@sixgate.test", "x", "sub-1", "s1", 1, "")
+        .replace("INVITE sip:", "SUBSCRIBE sip:")
+        .replace("CSeq: 1 INVITE", "CSeq: 1 SUBSCRIBE\r\nEvent: message-summary\r\nExpires: 600")
+        .replace("[2001:db8::10]:5062", "198.51.100.1:5060")
+        .replace("x@sixgate.test", "+441@198.51.100.1");
+    let out = sim.send(PRIMARY, &sub);
+    let fwd = out.iter().find(|t| t.dest == sa("[2001:db8::77]:5060")).expect("SUBSCRIBE to the PBX").clone();
+    assert_eq!(header(&fwd, "Record-Route").len(), 2, "dialog-creating: record-routed");
+    sim.send("[2001:db8::77]:5060", &respond(&fwd, 200, "OK", Some("n1"), "Contact: <sip:pbx@[2001:db8::77]:5060>\r\nExpires: 600\r\n"));
+    assert_eq!(sim.eng.dialogs().count(), 1);
+    assert_eq!(sim.eng.stats.calls_answered, 0, "a subscription is not a call");
+    // The PBX's NOTIFY comes in the dialog and goes to the carrier that subscribed.
+    let notify = "NOTIFY sip:+441@198.51.100.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::77]:5060;branch=z9hG4bKn1\r\n\
+                  Route: <sip:[2001:db8::5]:5060;lr>, <sip:192.0.2.5:5060;lr>\r\nMax-Forwards: 70\r\n\
+                  From: <sip:+442079000000@sixgate.test>;tag=n1\r\nTo: <sip:+441@198.51.100.1>;tag=caller1\r\nCall-ID: sub-1\r\nCSeq: 1 NOTIFY\r\n\
+                  Event: message-summary\r\nSubscription-State: active\r\nContent-Length: 0\r\n\r\n";
+    let out = sim.send("[2001:db8::77]:5060", notify);
+    assert!(out.iter().any(|t| t.dest == sa(PRIMARY) && text(t).starts_with("NOTIFY ")), "{out:?}");
+}
