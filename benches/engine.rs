@@ -74,7 +74,7 @@ fn run_calls(c: &mut Criterion, name: &str, make: impl Fn(&mut Engine, Instant, 
     g.bench_function(name, |b| {
         b.iter_custom(|iters| {
             let cfg = Config::from_toml(CFG).unwrap();
-            let mut eng = Engine::new(&cfg, EngineParams { seed: 1, nonce_key: [1; 32] });
+            let mut eng = Engine::new(&cfg, EngineParams { seed: 1, nonce_key: [1; 32], unix_time: 1_800_000_000 });
             let t0 = Instant::now();
             let mut now = t0;
             eng.start(now);

@@ -7,9 +7,10 @@
 use crate::config::{Limits, TransportKind};
 use crate::core::Core;
 use crate::engine::{Engine, Event, Input, Output, Stats, Transmit};
-use crate::message::Message;
+use crate::registrar::store::BindingStore;
+use crate::registrar::Change;
 use crate::routing::dns::Resolver;
-use crate::transport::{tcp, Inbound};
+use crate::transport::{tcp, Delivery};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -24,6 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 enum Feedback {
     Resolved(u64, Result<crate::routing::dns::Resolution, crate::routing::dns::DnsError>),
     SendFailed(u64),
+    Stored(u64, bool),
 }
 
 /// One UDP socket's sending side. Datagrams go out at once while the socket buffer has room;
@@ -83,14 +85,79 @@ pub struct Io {
     pub limits: Limits,
     pub resolver: Option<Resolver>,
     /// Where transports send messages (for connections the driver opens).
-    pub to_engine: mpsc::Sender<(Message, Inbound)>,
+    pub to_engine: mpsc::Sender<Delivery>,
     /// The engine's counters, refreshed about once a second.
     pub stats: Arc<Mutex<Stats>>,
+    /// The store thread's queue (see [`spawn_store`]).
+    pub store: std::sync::mpsc::Sender<(u64, Vec<Change>)>,
+}
+
+/// Store commits done and binding changes in them (their ratio is the grouping under load).
+#[derive(Default)]
+pub struct StoreCounters {
+    pub commits: std::sync::atomic::AtomicU64,
+    pub changes: std::sync::atomic::AtomicU64,
+    pub failures: std::sync::atomic::AtomicU64,
+}
+
+/// Runs the binding store on its own thread (its commits block on fsync). Every request waiting
+/// when a commit starts joins it: under load many REGISTERs share one fsync. Each request's
+/// outcome goes back to the engine as [`crate::engine::Input::Stored`].
+fn spawn_store(
+    mut store: Box<dyn BindingStore>,
+    counters: Arc<StoreCounters>,
+    done: mpsc::UnboundedSender<Feedback>,
+) -> std::sync::mpsc::Sender<(u64, Vec<Change>)> {
+    let (tx, rx) = std::sync::mpsc::channel::<(u64, Vec<Change>)>();
+    std::thread::Builder::new()
+        .name("sixgate-store".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut ids = vec![first.0];
+                let mut changes = first.1;
+                // Bounded by what is queued right now (a few thousand under heavy load).
+                while let Ok((id, more)) = rx.try_recv() {
+                    ids.push(id);
+                    changes.extend(more);
+                    if ids.len() >= 10_000 {
+                        break;
+                    }
+                }
+                let ok = match store.commit(&changes) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::error!(error = %e, "registration store commit failed");
+                        counters.failures.fetch_add(1, Ordering::Relaxed);
+                        false
+                    }
+                };
+                counters.commits.fetch_add(1, Ordering::Relaxed);
+                counters.changes.fetch_add(changes.len() as u64, Ordering::Relaxed);
+                for id in ids {
+                    let _ = done.send(Feedback::Stored(id, ok));
+                }
+            }
+        })
+        .map(|_| ())
+        .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start the store thread"));
+    tx
+}
+
+/// The parts of [`Io`] the driver makes itself.
+pub struct Started {
+    feedback: (mpsc::UnboundedSender<Feedback>, mpsc::UnboundedReceiver<Feedback>),
+}
+
+/// Starts the store thread; returns its queue for [`Io::store`] and what [`run`] needs.
+pub fn start_store(store: Box<dyn BindingStore>, counters: Arc<StoreCounters>) -> (std::sync::mpsc::Sender<(u64, Vec<Change>)>, Started) {
+    let (fb_tx, fb_rx) = mpsc::unbounded_channel::<Feedback>();
+    let tx = spawn_store(store, counters, fb_tx.clone());
+    (tx, Started { feedback: (fb_tx, fb_rx) })
 }
 
 /// Runs the engine until the message channel closes.
-pub async fn run(mut engine: Engine, mut messages: mpsc::Receiver<(Message, Inbound)>, io: Io) {
-    let (fb_tx, mut feedback) = mpsc::unbounded_channel::<Feedback>();
+pub async fn run(mut engine: Engine, mut messages: mpsc::Receiver<Delivery>, io: Io, started: Started) {
+    let (fb_tx, mut feedback) = started.feedback;
     engine.start(Instant::now().into_std());
     let mut last_export = Instant::now();
     loop {
@@ -98,6 +165,8 @@ pub async fn run(mut engine: Engine, mut messages: mpsc::Receiver<(Message, Inbo
         if last_export.elapsed() >= Duration::from_secs(1) {
             if let Ok(mut s) = io.stats.lock() {
                 *s = engine.stats.clone();
+                let (bindings, flows) = engine.registrar().sizes();
+                (s.bindings, s.flows) = (bindings as u64, flows as u64);
             }
             last_export = Instant::now();
         }
@@ -110,7 +179,8 @@ pub async fn run(mut engine: Engine, mut messages: mpsc::Receiver<(Message, Inbo
         };
         tokio::select! {
             m = messages.recv() => match m {
-                Some((msg, from)) => engine.handle(Instant::now().into_std(), Input::Received { msg, from }),
+                Some(Delivery::Message(msg, from)) => engine.handle(Instant::now().into_std(), Input::Received { msg, from }),
+                Some(Delivery::Closed(f)) => engine.handle(Instant::now().into_std(), Input::FlowClosed { transport: f.transport, local: f.local, remote: f.remote }),
                 None => return,
             },
             Some(f) = feedback.recv() => {
@@ -118,6 +188,7 @@ pub async fn run(mut engine: Engine, mut messages: mpsc::Receiver<(Message, Inbo
                 match f {
                     Feedback::Resolved(id, result) => engine.handle(now, Input::Resolved { id, result }),
                     Feedback::SendFailed(client) => engine.handle(now, Input::SendFailed { client }),
+                    Feedback::Stored(id, ok) => engine.handle(now, Input::Stored { id, ok }),
                 }
             }
             _ = sleep => engine.handle_timeout(Instant::now().into_std()),
@@ -142,6 +213,11 @@ fn drain(engine: &mut Engine, io: &Io, fb: &mpsc::UnboundedSender<Feedback>) {
                     let _ = fb.send(Feedback::Resolved(id, Err(crate::routing::dns::DnsError::Failed("no resolver configured".into()))));
                 }
             },
+            Output::Store { id, changes } => {
+                if io.store.send((id, changes)).is_err() {
+                    let _ = fb.send(Feedback::Stored(id, false));
+                }
+            }
             Output::Event(e) => log_event(&e),
         }
     }
@@ -191,5 +267,10 @@ fn log_event(e: &Event) {
         Event::CarrierUp { name } => tracing::info!(carrier = %name, "carrier up"),
         Event::CarrierDown { name } => tracing::warn!(carrier = %name, "carrier down"),
         Event::Refused { status, reason, source } => tracing::debug!(status, reason, %source, "request refused"),
+        Event::Registered { aor, contact, expires_in, nat } => {
+            tracing::debug!(%aor, %contact, expires_in, nat = nat.as_deref().unwrap_or("no"), "registered")
+        }
+        // Logged where they happen (with more context).
+        Event::FlowDead { .. } | Event::Banned { .. } => {}
     }
 }

@@ -141,7 +141,7 @@ pub fn exercise_engine(data: &[u8]) {
     use crate::engine::{Engine, EngineParams, Input, Output};
     use std::time::{Duration, Instant};
     let cfg = Config::from_toml(ENGINE_CFG).expect("engine fuzz config");
-    let mut eng = Engine::new(&cfg, EngineParams { seed: 1, nonce_key: [9; 32] });
+    let mut eng = Engine::new(&cfg, EngineParams { seed: 1, nonce_key: [9; 32], unix_time: 1_800_000_000 });
     let t0 = Instant::now();
     let mut now = t0;
     eng.start(now);

@@ -4,7 +4,7 @@
 //! STUN), [`message`] (parse + validate + edit SIP messages), [`core`] (the stateless edge:
 //! refusals of invalid bytes), [`engine`] (the sans-IO owner of all SIP state: proxy core,
 //! dialogs), [`transaction`] (RFC 3261 §17 state machines), [`auth`] (digest), [`routing`]
-//! (users, carriers, RFC 3263 DNS), [`driver`] (the tokio task that runs the engine),
+//! (users, carriers, RFC 3263 DNS), [`registrar`] (bindings, NAT, Outbound, the store), [`driver`] (the tokio task that runs the engine),
 //! [`server`] (start-up), [`metrics`] (counters).
 
 pub mod auth;
@@ -12,6 +12,7 @@ pub mod config;
 pub mod driver;
 pub mod engine;
 pub mod message;
+pub mod registrar;
 pub mod core;
 pub mod metrics;
 pub mod routing;

@@ -18,6 +18,10 @@ const ENGINE_QUEUE: usize = 16_384;
 pub enum StartError {
     #[error("listen[{index}] ({transport:?} {addr}): cannot bind: {source}")]
     Bind { index: usize, transport: TransportKind, addr: SocketAddr, source: std::io::Error },
+    #[error("state.dir {path}: {reason}")]
+    State { path: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] crate::registrar::store::StoreError),
 }
 
 /// A running sixgate: its listeners are bound; dropping the handle stops nothing, `shutdown` does.
@@ -27,12 +31,22 @@ pub struct Server {
     pub bound: Vec<(TransportKind, SocketAddr)>,
     /// The engine's counters, refreshed by the driver about once a second.
     pub engine_stats: Arc<Mutex<Stats>>,
+    pub store_counters: Arc<crate::driver::StoreCounters>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
     /// Binds all listeners and spawns their tasks on the current tokio runtime.
     pub async fn start(cfg: &Config) -> Result<Server, StartError> {
+        // Durable state first: a store that cannot be opened must stop the start, before any
+        // phone is told 200.
+        let nonce_key = nonce_key(&cfg.state_dir)?;
+        let mut store = crate::registrar::store::RedbStore::open(&cfg.state_dir.join("bindings.redb"))?;
+        let (stored, unreadable) = crate::registrar::store::BindingStore::load(&mut store)?;
+        if unreadable > 0 {
+            tracing::warn!(unreadable, "registration store: records skipped that could not be read");
+        }
+        tracing::info!(bindings = stored.len(), dir = %cfg.state_dir.display(), "registration store loaded");
         let metrics = Arc::new(Metrics::default());
         let core = Arc::new(Core::new(cfg, metrics));
         let tcp_table = Arc::new(tcp::ConnectionTable::default());
@@ -75,9 +89,13 @@ impl Server {
                 None
             }
         };
-        let (seed, nonce_key) = random_seed();
-        let engine = Engine::new(&cfg, EngineParams { seed, nonce_key });
+        let (seed, _) = random_seed();
+        let unix_time = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let mut engine = Engine::new(&cfg, EngineParams { seed, nonce_key, unix_time });
+        engine.load_bindings(std::time::Instant::now(), stored);
         let engine_stats = Arc::new(Mutex::new(Stats::default()));
+        let store_counters = Arc::new(crate::driver::StoreCounters::default());
+        let (store_queue, started) = crate::driver::start_store(Box::new(store), store_counters.clone());
         let io = crate::driver::Io {
             udp: udp_sockets,
             tcp_table: tcp_table.clone(),
@@ -86,9 +104,10 @@ impl Server {
             resolver,
             to_engine,
             stats: engine_stats.clone(),
+            store: store_queue,
         };
-        tasks.push(tokio::spawn(crate::driver::run(engine, messages, io)));
-        Ok(Server { core, tcp_table, bound, engine_stats, tasks })
+        tasks.push(tokio::spawn(crate::driver::run(engine, messages, io, started)));
+        Ok(Server { core, tcp_table, bound, engine_stats, store_counters, tasks })
     }
 
     /// Every counter (transports and engine) in Prometheus text format.
@@ -97,6 +116,11 @@ impl Server {
         if let Ok(s) = self.engine_stats.lock() {
             out.push_str(&s.render());
         }
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.store_counters;
+        out.push_str(&format!("sixgate_store_commits_total {}\n", c.commits.load(Relaxed)));
+        out.push_str(&format!("sixgate_store_changes_total {}\n", c.changes.load(Relaxed)));
+        out.push_str(&format!("sixgate_store_commit_failures_total {}\n", c.failures.load(Relaxed)));
         out
     }
 
@@ -124,6 +148,28 @@ fn random_seed() -> (u64, [u8; 32]) {
     let mut nonce_key = [0u8; 32];
     nonce_key.copy_from_slice(&key[8..]);
     (u64::from_le_bytes(key[..8].try_into().unwrap_or([0; 8])), nonce_key)
+}
+
+/// The key of our digest nonces, kept in `state_dir/nonce.key` (created 0600 on first start):
+/// nonces stay good across a restart, and a nonce cannot be forged without the file.
+fn nonce_key(dir: &std::path::Path) -> Result<[u8; 32], StartError> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let err = |e: std::io::Error| StartError::State { path: dir.display().to_string(), reason: e.to_string() };
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err)?;
+    let path = dir.join("nonce.key");
+    match std::fs::read(&path) {
+        Ok(k) if k.len() == 32 => return Ok(k.try_into().unwrap_or([0; 32])),
+        Ok(_) => return Err(StartError::State { path: path.display().to_string(), reason: "not 32 bytes (delete it to make a new key)".into() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let (_, key) = random_seed();
+    let tmp = dir.join("nonce.key.tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(err)?;
+    f.write_all(&key).and_then(|_| f.sync_all()).map_err(err)?;
+    std::fs::rename(&tmp, &path).map_err(err)?;
+    Ok(key)
 }
 
 /// Waits for SIGINT or SIGTERM.

@@ -116,24 +116,29 @@ impl Nonces {
         Nonces { key, lifetime_secs }
     }
 
-    fn mac(&self, ts: u64, source: IpAddr) -> String {
+    fn mac(&self, ts: u64, salt: u64, source: IpAddr) -> String {
         let src = source_key(source);
         let mut d = Sha256::new();
         d.update(self.key);
         d.update(ts.to_be_bytes());
+        d.update(salt.to_be_bytes());
         d.update(src);
         hex(&d.finalize()[..12])
     }
 
-    pub fn issue(&self, now_secs: u64, source: IpAddr) -> String {
-        format!("{now_secs:x}.{}", self.mac(now_secs, source))
+    /// A new nonce: `salt` (random) makes two challenges in the same second differ, so a
+    /// client's nonce-count starts afresh with each (RFC 7616 §3.4 replay checks).
+    pub fn issue(&self, now_secs: u64, salt: u64, source: IpAddr) -> String {
+        format!("{now_secs:x}.{salt:x}.{}", self.mac(now_secs, salt, source))
     }
 
     /// `Ok(())` fresh and ours, `Err(true)` ours but stale, `Err(false)` not ours.
     pub fn check(&self, nonce: &str, now_secs: u64, source: IpAddr) -> Result<(), bool> {
-        let (ts, mac) = nonce.split_once('.').ok_or(false)?;
+        let mut parts = nonce.splitn(3, '.');
+        let (Some(ts), Some(salt), Some(mac)) = (parts.next(), parts.next(), parts.next()) else { return Err(false) };
         let ts = u64::from_str_radix(ts, 16).map_err(|_| false)?;
-        if !constant_time_eq(mac.as_bytes(), self.mac(ts, source).as_bytes()) {
+        let salt = u64::from_str_radix(salt, 16).map_err(|_| false)?;
+        if !constant_time_eq(mac.as_bytes(), self.mac(ts, salt, source).as_bytes()) {
             return Err(false);
         }
         if ts > now_secs || now_secs - ts > self.lifetime_secs {
@@ -141,6 +146,65 @@ impl Nonces {
         }
         Ok(())
     }
+}
+
+/// The nonce-counts seen per nonce (RFC 7616 §3.4: a server may refuse a reused nc), so a
+/// captured request with valid credentials cannot be replayed while its nonce is fresh. Each
+/// nonce keeps its highest nc and a 64-wide window below it (clients with several requests in
+/// flight may use counts out of order). Bounded: at most `MAX_TRACKED` nonces; the oldest
+/// (by issue time) go first, and a nonce pushed out is answered stale next time, never
+/// accepted twice.
+#[derive(Default)]
+pub struct NonceCounts {
+    seen: std::collections::HashMap<String, (u64, u32, u64)>,
+}
+
+impl NonceCounts {
+    pub const MAX_TRACKED: usize = 200_000;
+
+    /// Records `nc` for `nonce` (issued at `issued` seconds); false when it was used before or
+    /// lies below the window.
+    pub fn accept(&mut self, nonce: &str, issued: u64, nc: u32) -> bool {
+        if !self.seen.contains_key(nonce) && self.seen.len() >= Self::MAX_TRACKED {
+            // Drop the oldest eighth: amortised, and never a nonce newer than one kept.
+            let mut ages: Vec<u64> = self.seen.values().map(|(t, _, _)| *t).collect();
+            ages.sort_unstable();
+            let cut = ages[ages.len() / 8];
+            self.seen.retain(|_, (t, _, _)| *t > cut);
+        }
+        let (_, max, window) = self.seen.entry(nonce.to_string()).or_insert((issued, 0, 0));
+        if nc > *max {
+            let shift = nc - *max;
+            *window = if shift >= 64 { 0 } else { *window << shift };
+            *window |= 1;
+            *max = nc;
+            return true;
+        }
+        let back = *max - nc;
+        if back >= 64 || *window & (1 << back) != 0 {
+            return false;
+        }
+        *window |= 1 << back;
+        true
+    }
+
+    /// Forgets nonces issued before `oldest` (they are stale anyway).
+    pub fn prune(&mut self, oldest: u64) {
+        self.seen.retain(|_, (t, _, _)| *t >= oldest);
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
+/// The issue time (seconds) a nonce of ours carries.
+pub fn nonce_time(nonce: &str) -> Option<u64> {
+    u64::from_str_radix(nonce.split_once('.')?.0, 16).ok()
 }
 
 /// What a nonce is bound to: the caller's network ([`crate::transport::source_key`]: an IPv4
@@ -172,8 +236,11 @@ pub fn challenge_headers(realm: &str, nonce: &str, stale: bool, algorithms: &[Al
 /// The outcome of checking one Authorization/Proxy-Authorization value.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Credentials are right; the authenticated username.
-    Ok(String),
+    /// Credentials are right: the authenticated username, the nonce and its nonce-count (with
+    /// qop), for the caller's replay check ([`NonceCounts`]).
+    Ok { user: String, nonce: String, nc: Option<u32> },
+    /// A credentials value we cannot read or that lacks a field: 400, not a wrong password.
+    Malformed(&'static str),
     /// Right credentials with a nonce that is not (or no longer) good here: challenge again
     /// with stale=true.
     Stale,
@@ -201,7 +268,7 @@ pub fn verify(
     source: IpAddr,
     users: &dyn Credentials,
 ) -> Verdict {
-    let Some((scheme, p)) = parse_params(value) else { return Verdict::Denied("malformed credentials") };
+    let Some((scheme, p)) = parse_params(value) else { return Verdict::Malformed("credentials are not auth-param syntax") };
     if !scheme.eq_ignore_ascii_case("Digest") {
         return Verdict::Denied("not Digest");
     }
@@ -209,7 +276,7 @@ pub fn verify(
         return Verdict::OtherRealm;
     }
     let (Some(username), Some(nonce), Some(uri), Some(response)) = (get(&p, "username"), get(&p, "nonce"), get(&p, "uri"), get(&p, "response")) else {
-        return Verdict::Denied("missing username, nonce, uri or response");
+        return Verdict::Malformed("credentials lack username, nonce, uri or response");
     };
     let alg = match get(&p, "algorithm") {
         None => Algorithm::Md5,
@@ -224,16 +291,21 @@ pub fn verify(
     let Some(secret) = users.secret(username) else { return Verdict::Denied("unknown user") };
     let ha1 = match (secret, alg) {
         (Secret::Password(pw), a) => a.hex(&[username.as_bytes(), realm.as_bytes(), pw.as_bytes()]),
-        (Secret::Ha1Md5(h), Algorithm::Md5) => h.clone(),
-        (Secret::Ha1Md5(_), Algorithm::Sha256) => return Verdict::Denied("only an MD5 HA1 is configured for this user"),
+        (Secret::Ha1 { md5: Some(h), .. }, Algorithm::Md5) | (Secret::Ha1 { sha256: Some(h), .. }, Algorithm::Sha256) => h.clone(),
+        (Secret::Ha1 { .. }, _) => return Verdict::Denied("no HA1 of this algorithm is configured for this user"),
     };
     let ha2 = alg.hex(&[method, uri.as_bytes()]);
+    let mut count = None;
     let expected = match get(&p, "qop") {
         None => alg.hex(&[ha1.as_bytes(), nonce.as_bytes(), ha2.as_bytes()]),
         Some(q) if q.eq_ignore_ascii_case("auth") => {
             let (Some(nc), Some(cnonce)) = (get(&p, "nc"), get(&p, "cnonce")) else {
-                return Verdict::Denied("qop without nc or cnonce");
+                return Verdict::Malformed("qop without nc or cnonce");
             };
+            match u32::from_str_radix(nc, 16) {
+                Ok(n) if nc.len() == 8 => count = Some(n),
+                _ => return Verdict::Malformed("nc is not 8 hex digits"),
+            }
             alg.hex(&[ha1.as_bytes(), nonce.as_bytes(), nc.as_bytes(), cnonce.as_bytes(), q.as_bytes(), ha2.as_bytes()])
         }
         Some(_) => return Verdict::Denied("unsupported qop"),
@@ -245,7 +317,7 @@ pub fn verify(
     // (new key) or from another network of the phone is answered with a fresh challenge
     // (stale=true, RFC 7616 §3.3), never with 403.
     match nonces.check(nonce, now_secs, source) {
-        Ok(()) => Verdict::Ok(username.to_string()),
+        Ok(()) => Verdict::Ok { user: username.to_string(), nonce: nonce.to_string(), nc: count },
         Err(_) => Verdict::Stale,
     }
 }
@@ -379,7 +451,7 @@ mod tests {
     fn verify_accepts_right_and_refuses_wrong_credentials() {
         let nonces = Nonces::new([7; 32], 300);
         let src: IpAddr = "2001:db8:1:2::10".parse().unwrap();
-        let nonce = nonces.issue(100, src);
+        let nonce = nonces.issue(100, 42, src);
         let users = One(Secret::Password("secret".into()));
         let ch = Challenge { realm: "sixgate".into(), nonce: nonce.clone(), opaque: None, algorithm: Algorithm::Md5, qop_auth: true };
         let ruri = b"sip:+44123@[::1]:5060";
@@ -387,9 +459,10 @@ mod tests {
         let check = |v: &str, now: u64, from: IpAddr, uri_check| {
             verify(v.as_bytes(), b"INVITE", ruri, "sixgate", uri_check, &nonces, now, from, &users)
         };
-        assert_eq!(check(&good, 150, src, DigestUriCheck::Strict), Verdict::Ok("alice".into()));
+        let ok = Verdict::Ok { user: "alice".into(), nonce: nonce.clone(), nc: Some(1) };
+        assert_eq!(check(&good, 150, src, DigestUriCheck::Strict), ok);
         // Another address in the same /64 (privacy address rotation): fine.
-        assert_eq!(check(&good, 150, "2001:db8:1:2::99".parse().unwrap(), DigestUriCheck::Strict), Verdict::Ok("alice".into()));
+        assert_eq!(check(&good, 150, "2001:db8:1:2::99".parse().unwrap(), DigestUriCheck::Strict), ok);
         assert_eq!(check(&good, 150, "2001:db8:9::1".parse().unwrap(), DigestUriCheck::Strict), Verdict::Stale, "another network: challenged again");
         assert_eq!(check(&good, 401, src, DigestUriCheck::Strict), Verdict::Stale);
         let wrong = answer_challenge(&ch, "alice", "guess", b"INVITE", "sip:+44123@[::1]:5060", "abc");
@@ -397,17 +470,42 @@ mod tests {
         // sipp 3.6's uri: strict refuses, lenient accepts (the hash still covers it).
         let sipp = answer_challenge(&ch, "alice", "secret", b"INVITE", "sip:::1:5060", "abc");
         assert_eq!(check(&sipp, 150, src, DigestUriCheck::Strict), Verdict::Denied("digest uri does not match the Request-URI"));
-        assert_eq!(check(&sipp, 150, src, DigestUriCheck::Lenient), Verdict::Ok("alice".into()));
+        assert_eq!(check(&sipp, 150, src, DigestUriCheck::Lenient), ok);
         let other = answer_challenge(&Challenge { realm: "other".into(), ..ch.clone() }, "alice", "secret", b"INVITE", "x", "c");
         assert_eq!(check(&other, 150, src, DigestUriCheck::Strict), Verdict::OtherRealm);
         // SHA-256 and an MD5-only HA1.
         let sha = answer_challenge(&Challenge { algorithm: Algorithm::Sha256, ..ch.clone() }, "alice", "secret", b"INVITE", "sip:+44123@[::1]:5060", "q");
-        assert_eq!(check(&sha, 150, src, DigestUriCheck::Strict), Verdict::Ok("alice".into()));
+        assert_eq!(check(&sha, 150, src, DigestUriCheck::Strict), ok);
         let ha1 = Algorithm::Md5.hex(&[b"alice", b"sixgate", b"secret"]);
-        let users = One(Secret::Ha1Md5(ha1));
+        let users = One(Secret::Ha1 { md5: Some(ha1), sha256: None });
         let v = |s: &str| verify(s.as_bytes(), b"INVITE", ruri, "sixgate", DigestUriCheck::Strict, &nonces, 150, src, &users);
-        assert_eq!(v(&good), Verdict::Ok("alice".into()));
+        assert_eq!(v(&good), ok);
         assert!(matches!(v(&sha), Verdict::Denied(_)));
+        // A missing field is malformed (400), not a wrong password.
+        let cut = good.replace("response=", "resp=");
+        assert!(matches!(v(&cut), Verdict::Malformed(_)));
+        // An SHA-256-only HA1 answers SHA-256 and not MD5.
+        let h = Algorithm::Sha256.hex(&[b"alice", b"sixgate", b"secret"]);
+        let users = One(Secret::Ha1 { md5: None, sha256: Some(h) });
+        let v = |s: &str| verify(s.as_bytes(), b"INVITE", ruri, "sixgate", DigestUriCheck::Strict, &nonces, 150, src, &users);
+        assert!(matches!(v(&sha), Verdict::Ok { .. }));
+        assert!(matches!(v(&good), Verdict::Denied(_)));
+    }
+
+    #[test]
+    fn nonce_counts_refuse_replays_within_a_window() {
+        let mut c = NonceCounts::default();
+        assert!(c.accept("n1", 5, 1));
+        assert!(!c.accept("n1", 5, 1), "same nc twice");
+        assert!(c.accept("n1", 5, 3));
+        assert!(c.accept("n1", 5, 2), "out of order inside the window");
+        assert!(!c.accept("n1", 5, 2));
+        assert!(c.accept("n1", 5, 100));
+        assert!(!c.accept("n1", 5, 30), "below the window");
+        assert!(c.accept("n2", 6, 1), "per nonce");
+        c.prune(6);
+        assert_eq!(c.len(), 1);
+        assert_eq!(nonce_time("1f.2a.abc"), Some(31));
     }
 
     #[test]

@@ -11,5 +11,8 @@
 pub mod digest;
 
 pub use digest::{
-    answer_challenge, challenge_headers, parse_params, verify, Algorithm, Challenge, Credentials, Nonces, Verdict,
+    answer_challenge, challenge_headers, nonce_time, parse_params, verify, Algorithm, Challenge, Credentials, NonceCounts, Nonces,
+    Verdict,
 };
+pub mod ban;
+pub use ban::Bans;

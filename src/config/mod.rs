@@ -13,7 +13,7 @@ use toml::{Table, Value};
 /// The documented example config, which is also what runs when no file is given.
 pub const EMBEDDED_DEFAULTS: &str = include_str!("../../conf/sixgate.toml");
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum TransportKind {
     Udp,
     Tcp,
@@ -110,6 +110,52 @@ pub struct AuthConfig {
     pub algorithms: Vec<crate::auth::Algorithm>,
     pub nonce_lifetime_secs: u64,
     pub digest_uri: DigestUriCheck,
+    /// Failed authentications from one source (IPv4 address or IPv6 /64) within
+    /// `ban_window_secs` that ban it; 0 = no bans.
+    pub ban_failures: u32,
+    pub ban_window_secs: u64,
+    /// How long a banned source gets 403 without a challenge.
+    pub ban_secs: u64,
+}
+
+/// How the registrar keeps NAT bindings open and checks that a flow still answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeepaliveKind {
+    /// An OPTIONS request; its answer proves the phone is there (missed answers end the flow).
+    Options,
+    /// A bare CRLF CRLF datagram: keeps the NAT mapping open, proves nothing.
+    Crlf,
+}
+
+/// `[registrar]`: binding lifetimes (RFC 3261 §10.3), keepalives and Outbound (RFC 5626).
+#[derive(Clone, Debug)]
+pub struct RegistrarConfig {
+    pub min_expires: u32,
+    pub max_expires: u32,
+    pub default_expires: u32,
+    pub max_bindings_per_aor: usize,
+    /// Seconds between keepalives to a NATed UDP flow; 0 = none.
+    pub keepalive_interval_secs: u64,
+    pub keepalive: KeepaliveKind,
+    /// Unanswered OPTIONS keepalives in a row after which the flow is dead.
+    pub keepalive_failures: u32,
+    /// The Flow-Timer given to Outbound clients (RFC 5626 §4.4.1): how often they ping.
+    pub flow_timer_secs: u32,
+}
+
+impl Default for RegistrarConfig {
+    fn default() -> RegistrarConfig {
+        RegistrarConfig {
+            min_expires: 60,
+            max_expires: 3600,
+            default_expires: 3600,
+            max_bindings_per_aor: 10,
+            keepalive_interval_secs: 60,
+            keepalive: KeepaliveKind::Options,
+            keepalive_failures: 3,
+            flow_timer_secs: 120,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -121,11 +167,12 @@ pub struct RoutingConfig {
     pub max_branches: usize,
 }
 
-/// A user's secret: the password, or only MD5's HA1 (then SHA-256 challenges cannot be answered).
+/// A user's secret: the password, or the HA1 per algorithm (RFC 7616 §3.4.2: H(user:realm:password));
+/// a user with only an MD5 HA1 cannot answer SHA-256 challenges and the other way round.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Secret {
     Password(String),
-    Ha1Md5(String),
+    Ha1 { md5: Option<String>, sha256: Option<String> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -265,6 +312,10 @@ pub struct Config {
     pub users: Vec<User>,
     pub carriers: Vec<Carrier>,
     pub dns: DnsConfig,
+    pub registrar: RegistrarConfig,
+    /// Where durable state lives (the registration store, the nonce key). Unset in the file:
+    /// `$STATE_DIRECTORY` (systemd's StateDirectory), else `./sixgate-state`.
+    pub state_dir: std::path::PathBuf,
     pub log_level: String,
 }
 
@@ -406,7 +457,7 @@ impl Reader {
     }
 
     fn config(&mut self, root: &Table) -> Config {
-        self.known_keys(root, "", &["sip", "listen", "advertise", "limits", "timers", "auth", "routing", "users", "carriers", "dns", "log"]);
+        self.known_keys(root, "", &["sip", "listen", "advertise", "limits", "timers", "auth", "routing", "users", "carriers", "dns", "log", "registrar", "state"]);
 
         let sip_t = self.section(root, "sip");
         if let Some(t) = sip_t {
@@ -509,6 +560,22 @@ impl Reader {
         let users = self.users(root);
         let carriers = self.carriers(root);
         let dns = self.dns(root);
+        let registrar = self.registrar(root, &limits);
+        let state_t = self.section(root, "state");
+        if let Some(t) = state_t {
+            self.known_keys(t, "state", &["dir"]);
+        }
+        let state_dir = match self.string(state_t, "state", "dir") {
+            Some(d) if d.is_empty() => {
+                self.issue("state.dir", "must not be empty (leave it out for the default)", None);
+                std::path::PathBuf::new()
+            }
+            Some(d) => d.into(),
+            None => std::env::var_os("STATE_DIRECTORY")
+                // systemd may list several, separated by ':'; the first is ours.
+                .and_then(|v| v.to_str().and_then(|s| s.split(':').next()).map(std::path::PathBuf::from))
+                .unwrap_or_else(|| "sixgate-state".into()),
+        };
 
         let log_t = self.section(root, "log");
         if let Some(t) = log_t {
@@ -519,7 +586,45 @@ impl Reader {
             self.issue("log.level", "must be one of error, warn, info, debug, trace", Some(&Value::String(log_level.clone())));
         }
 
-        Config { sip: SipConfig { domains, server_header }, listen, advertise, limits, timers, auth, routing, users, carriers, dns, log_level }
+        Config { sip: SipConfig { domains, server_header }, listen, advertise, limits, timers, auth, routing, users, carriers, dns, registrar, state_dir, log_level }
+    }
+
+    fn registrar(&mut self, root: &Table, limits: &Limits) -> RegistrarConfig {
+        let t = self.section(root, "registrar");
+        if let Some(t) = t {
+            self.known_keys(
+                t,
+                "registrar",
+                &["min_expires", "max_expires", "default_expires", "max_bindings_per_aor", "keepalive_interval_secs", "keepalive", "keepalive_failures", "flow_timer_secs"],
+            );
+        }
+        let d = RegistrarConfig::default();
+        let keepalive = match self.string(t, "registrar", "keepalive").as_deref() {
+            None | Some("options") => KeepaliveKind::Options,
+            Some("crlf") => KeepaliveKind::Crlf,
+            Some(other) => {
+                self.issue("registrar.keepalive", "must be \"options\" or \"crlf\"", Some(&Value::String(other.into())));
+                KeepaliveKind::Options
+            }
+        };
+        let r = RegistrarConfig {
+            min_expires: self.int(t, "registrar", "min_expires", 1..=86_400).map_or(d.min_expires, |v| v as u32),
+            max_expires: self.int(t, "registrar", "max_expires", 1..=604_800).map_or(d.max_expires, |v| v as u32),
+            default_expires: self.int(t, "registrar", "default_expires", 1..=604_800).map_or(d.default_expires, |v| v as u32),
+            max_bindings_per_aor: self.int(t, "registrar", "max_bindings_per_aor", 1..=100).map_or(d.max_bindings_per_aor, |v| v as usize),
+            keepalive_interval_secs: self.int(t, "registrar", "keepalive_interval_secs", 0..=3600).map_or(d.keepalive_interval_secs, |v| v as u64),
+            keepalive,
+            keepalive_failures: self.int(t, "registrar", "keepalive_failures", 1..=100).map_or(d.keepalive_failures, |v| v as u32),
+            flow_timer_secs: self.int(t, "registrar", "flow_timer_secs", 10..=3600).map_or(d.flow_timer_secs, |v| v as u32),
+        };
+        if r.min_expires > r.max_expires {
+            self.issue("registrar.min_expires", "must not be above registrar.max_expires", Some(&Value::Integer(i64::from(r.min_expires))));
+        }
+        if u64::from(r.flow_timer_secs) >= limits.tcp_idle_timeout_secs {
+            // Outbound clients over TCP ping at this interval; the idle timeout must not beat them.
+            self.issue("registrar.flow_timer_secs", "must be below limits.tcp_idle_timeout_secs", Some(&Value::Integer(i64::from(r.flow_timer_secs))));
+        }
+        r
     }
 
     fn timers(&mut self, root: &Table) -> Timers {
@@ -544,7 +649,7 @@ impl Reader {
     fn auth(&mut self, root: &Table, default_realm: String) -> AuthConfig {
         let t = self.section(root, "auth");
         if let Some(t) = t {
-            self.known_keys(t, "auth", &["realm", "nonce_lifetime_secs", "digest_uri", "algorithms"]);
+            self.known_keys(t, "auth", &["realm", "nonce_lifetime_secs", "digest_uri", "algorithms", "ban_failures", "ban_window_secs", "ban_secs"]);
         }
         let realm = self.string(t, "auth", "realm").unwrap_or(default_realm);
         if realm.is_empty() || realm.bytes().any(|b| b < b' ' || b == b'"' || b == b'\\' || b >= 0x7f) {
@@ -574,6 +679,9 @@ impl Reader {
             algorithms,
             nonce_lifetime_secs: self.int(t, "auth", "nonce_lifetime_secs", 10..=3600).unwrap_or(300) as u64,
             digest_uri,
+            ban_failures: self.int(t, "auth", "ban_failures", 0..=1_000_000).unwrap_or(10) as u32,
+            ban_window_secs: self.int(t, "auth", "ban_window_secs", 1..=86_400).unwrap_or(600) as u64,
+            ban_secs: self.int(t, "auth", "ban_secs", 1..=604_800).unwrap_or(900) as u64,
         }
     }
 
@@ -665,7 +773,7 @@ impl Reader {
     fn users(&mut self, root: &Table) -> Vec<User> {
         let mut out: Vec<User> = Vec::new();
         for (path, t) in self.tables(root, "users") {
-            self.known_keys(t, &path, &["username", "password", "ha1", "numbers", "aliases", "contacts"]);
+            self.known_keys(t, &path, &["username", "password", "ha1", "ha1_sha256", "numbers", "aliases", "contacts"]);
             let username = self.required_string(t, &path, "username").unwrap_or_default();
             if !username.is_empty() && !username.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/".contains(&b)) {
                 self.issue(&format!("{path}.username"), "must be a SIP user part (letters, digits, -_.!~*'()&=+$,;?/)", Some(&Value::String(username.clone())));
@@ -673,19 +781,26 @@ impl Reader {
             if out.iter().any(|u| u.username == username) {
                 self.issue(&format!("{path}.username"), "duplicates another user", Some(&Value::String(username.clone())));
             }
-            let secret = match (self.string(Some(t), &path, "password"), self.string(Some(t), &path, "ha1")) {
-                (Some(p), None) if !p.is_empty() => Secret::Password(p),
-                (None, Some(h)) if h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()) => Secret::Ha1Md5(h.to_ascii_lowercase()),
-                (None, Some(h)) => {
-                    self.issue(&format!("{path}.ha1"), "must be 32 hex digits (MD5 of user:realm:password)", Some(&Value::String(h)));
-                    Secret::Password(String::new())
+            let ha1 = |r: &mut Self, key: &str, len: usize, what: &str| {
+                let h = r.string(Some(t), &path, key)?;
+                if h.len() == len && h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    Some(h.to_ascii_lowercase())
+                } else {
+                    r.issue(&format!("{path}.{key}"), format!("must be {len} hex digits ({what} of user:realm:password)"), Some(&Value::String(h)));
+                    Some(String::new())
                 }
-                (Some(_), Some(_)) => {
-                    self.issue(&path, "give password or ha1, not both", None);
+            };
+            let md5 = ha1(self, "ha1", 32, "MD5");
+            let sha256 = ha1(self, "ha1_sha256", 64, "SHA-256");
+            let secret = match (self.string(Some(t), &path, "password"), md5.is_some() || sha256.is_some()) {
+                (Some(p), false) if !p.is_empty() => Secret::Password(p),
+                (None, true) => Secret::Ha1 { md5, sha256 },
+                (Some(_), true) => {
+                    self.issue(&path, "give password or ha1/ha1_sha256, not both", None);
                     Secret::Password(String::new())
                 }
                 _ => {
-                    self.issue(&format!("{path}.password"), "missing: give password or ha1", None);
+                    self.issue(&format!("{path}.password"), "missing: give password, ha1 or ha1_sha256", None);
                     Secret::Password(String::new())
                 }
             };

@@ -11,10 +11,14 @@
 pub mod dialog;
 pub mod edit;
 mod proxy;
+mod register;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod register_tests;
 
-use crate::auth::Nonces;
+use crate::auth::{Bans, NonceCounts, Nonces};
+use crate::registrar::{Change, Flow, Registrar};
 use crate::config::{Config, TransportKind};
 use crate::message::{response::ResponseBuilder, Message};
 use crate::routing::dns::{DnsError, Query, Resolution};
@@ -42,6 +46,10 @@ pub enum Input {
     /// A transmit that carried `client` could not be sent (no route, connection refused, no
     /// TCP flow): the client transaction fails as with a 503 (RFC 3261 §16.7 step 6 / §8.1.3.1).
     SendFailed { client: u64 },
+    /// The store made the changes of [`Output::Store`] `id` durable (`ok`), or failed.
+    Stored { id: u64, ok: bool },
+    /// A TCP connection ended (closed by the peer, reset, idle timeout): the flow is gone.
+    FlowClosed { transport: TransportKind, local: SocketAddr, remote: SocketAddr },
 }
 
 /// Bytes to send: over which transport, from which of our sockets, to where. `client` names the
@@ -63,6 +71,10 @@ pub enum Event {
     CarrierUp { name: String },
     CarrierDown { name: String },
     Refused { status: u16, reason: &'static str, source: SocketAddr },
+    Registered { aor: String, contact: String, expires_in: u64, nat: Option<String> },
+    FlowDead { remote: SocketAddr, reason: &'static str },
+    /// A source network is banned after repeated failed authentications.
+    Banned { network: IpAddr },
 }
 
 /// Everything the engine asks for.
@@ -71,6 +83,8 @@ pub enum Output {
     Transmit(Transmit),
     /// Resolve a host (RFC 3263); answer with [`Input::Resolved`] carrying `id`.
     Resolve { id: u64, query: Query },
+    /// Make these binding changes durable, all at once; answer with [`Input::Stored`] `id`.
+    Store { id: u64, changes: Vec<Change> },
     Event(Event),
 }
 
@@ -97,6 +111,21 @@ pub struct Stats {
     pub amplification_refused: u64,
     /// Responses that came from another address than the one the request went to.
     pub responses_from_elsewhere: u64,
+    pub registrations: u64,
+    pub registrations_refused: u64,
+    /// Credentials with a nonce-count seen before (answered with a fresh challenge).
+    pub digest_replays: u64,
+    /// Requests refused without a challenge because their source is banned.
+    pub banned_refusals: u64,
+    pub bans: u64,
+    pub keepalives_sent: u64,
+    pub keepalive_failures: u64,
+    pub flows_dead: u64,
+    pub bindings_expired: u64,
+    pub store_failures: u64,
+    /// Gauges the driver fills in: bindings and flows held by the registrar.
+    pub bindings: u64,
+    pub flows: u64,
     /// Responses we generated, by status code.
     pub generated: BTreeMap<u16, u64>,
 }
@@ -123,10 +152,21 @@ impl Stats {
             ("calls_answered", self.calls_answered),
             ("amplification_refused", self.amplification_refused),
             ("responses_from_elsewhere", self.responses_from_elsewhere),
+            ("registrations", self.registrations),
+            ("registrations_refused", self.registrations_refused),
+            ("digest_replays", self.digest_replays),
+            ("banned_refusals", self.banned_refusals),
+            ("bans", self.bans),
+            ("keepalives_sent", self.keepalives_sent),
+            ("keepalive_failures", self.keepalive_failures),
+            ("flows_dead", self.flows_dead),
+            ("bindings_expired", self.bindings_expired),
+            ("store_failures", self.store_failures),
         ];
         for (name, v) in plain {
             out.push_str(&format!("sixgate_engine_{name}_total {v}\n"));
         }
+        out.push_str(&format!("sixgate_registrar_bindings {}\nsixgate_registrar_flows {}\n", self.bindings, self.flows));
         for (code, v) in &self.generated {
             out.push_str(&format!("sixgate_engine_responses_generated_total{{code=\"{code}\"}} {v}\n"));
         }
@@ -142,6 +182,8 @@ pub struct TableSizes {
     pub proxy_contexts: usize,
     pub dialogs: usize,
     pub dns_lookups: usize,
+    /// Store commits whose 200 is waiting.
+    pub pending_store: usize,
 }
 
 impl TableSizes {
@@ -158,7 +200,9 @@ enum TimerRef {
     Dialog(u64),
     /// The OPTIONS probe of a carrier.
     Probe(usize),
-    /// Pruning of rate-limit buckets and the DNS cache.
+    /// The keepalive of a NATed flow.
+    Keepalive(u64),
+    /// Pruning of rate-limit buckets and the DNS cache, expiry of bindings.
     Housekeeping,
 }
 
@@ -183,6 +227,8 @@ enum ClientOwner {
     Probe { carrier: usize },
     /// A CANCEL we sent; nobody needs its answer.
     Cancel,
+    /// The OPTIONS keepalive of a registered flow.
+    Keepalive { flow: u64 },
 }
 
 struct ClientEntry {
@@ -266,6 +312,9 @@ impl Rng {
 pub struct EngineParams {
     pub seed: u64,
     pub nonce_key: [u8; 32],
+    /// The wall clock (unix seconds) at the engine's first instant: binding expiry is stored
+    /// in wall time, so it means the same after a restart.
+    pub unix_time: u64,
 }
 
 pub struct Engine {
@@ -283,6 +332,15 @@ pub struct Engine {
     max_branches: usize,
     router: Router,
     nonces: Nonces,
+    nonce_counts: NonceCounts,
+    bans: Bans,
+    registrar: Registrar,
+    /// 200s waiting for their store commit, by store request id.
+    pending_replies: HashMap<u64, register::PendingReply>,
+    /// Flows with keepalives, both ways.
+    keepalive_flows: HashMap<u64, Flow>,
+    flow_ids: HashMap<Flow, u64>,
+    unix_at_epoch: u64,
     /// The first instant the engine saw: nonce timestamps count seconds from it.
     epoch: Option<Instant>,
     rng: Rng,
@@ -331,6 +389,13 @@ impl Engine {
             max_branches: cfg.routing.max_branches,
             router: Router::new(cfg),
             nonces: Nonces::new(params.nonce_key, cfg.auth.nonce_lifetime_secs),
+            nonce_counts: NonceCounts::default(),
+            bans: Bans::new(cfg.auth.ban_failures, Duration::from_secs(cfg.auth.ban_window_secs), Duration::from_secs(cfg.auth.ban_secs)),
+            registrar: Registrar::new(cfg.registrar.clone()),
+            pending_replies: HashMap::new(),
+            keepalive_flows: HashMap::new(),
+            flow_ids: HashMap::new(),
+            unix_at_epoch: params.unix_time,
             epoch: None,
             rng: Rng::new({
                 // Branch key: from both secrets the driver took from the OS.
@@ -387,6 +452,8 @@ impl Engine {
                 self.stats.send_failures += 1;
                 self.client_failed(now, client, 503);
             }
+            Input::Stored { id, ok } => self.on_stored(now, id, ok),
+            Input::FlowClosed { transport, local, remote } => self.end_flow(Flow { transport, local, remote }, "connection closed"),
         }
     }
 
@@ -414,6 +481,7 @@ impl Engine {
                 TimerRef::Client(id) => self.client_timer(now, id),
                 TimerRef::Dialog(id) => self.dialog_timer(now, id),
                 TimerRef::Probe(i) => self.probe_carrier(now, i),
+                TimerRef::Keepalive(id) => self.keepalive_timer(now, id),
                 TimerRef::Housekeeping => self.housekeeping(now),
             }
         }
@@ -430,12 +498,14 @@ impl Engine {
             proxy_contexts: self.contexts.len(),
             dialogs: self.dialogs.len(),
             dns_lookups: self.lookups.values().filter(|(_, w)| !matches!(w, proxy::LookupWaiter::Probe { .. })).count(),
+            pending_store: self.pending_replies.len(),
         }
     }
 
-    /// Carrier OPTIONS probes waiting for an answer: at most one per carrier per Timer F.
+    /// Carrier OPTIONS probes and keepalives of registered flows waiting for an answer: at
+    /// most one per carrier or flow per Timer F.
     pub fn probes_in_flight(&self) -> usize {
-        self.clients.values().filter(|c| matches!(c.owner, ClientOwner::Probe { .. })).count()
+        self.clients.values().filter(|c| matches!(c.owner, ClientOwner::Probe { .. } | ClientOwner::Keepalive { .. })).count()
     }
 
     pub fn dialogs(&self) -> impl Iterator<Item = &Dialog> {
@@ -671,6 +741,11 @@ impl Engine {
                 }
             }
             ClientOwner::Cancel => {}
+            ClientOwner::Keepalive { flow } => {
+                if status >= 200 {
+                    self.keepalive_outcome(now, flow, resp.is_some());
+                }
+            }
         }
     }
 
@@ -686,7 +761,7 @@ impl Engine {
         let carrier = match e.owner {
             ClientOwner::Probe { carrier } => Some(carrier),
             ClientOwner::Branch { ctx, branch } => self.contexts.get(&ctx).and_then(|c| c.branch_carrier(branch)),
-            ClientOwner::Cancel => None,
+            ClientOwner::Cancel | ClientOwner::Keepalive { .. } => None,
         };
         carrier.is_some_and(|c| self.router.carriers()[c].source_cidrs.iter().any(|n| n.contains(src)))
     }
@@ -789,6 +864,10 @@ impl Engine {
         // A bucket that would be full again is the same as no bucket.
         self.buckets.retain(|_, b| b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * rate < burst);
         self.dns_cache.retain(|_, c| c.until > now);
+        self.bans.prune(now);
+        let oldest = self.now_secs(now).saturating_sub(self.auth.nonce_lifetime_secs);
+        self.nonce_counts.prune(oldest);
+        self.purge_bindings(now);
         self.schedule(TimerRef::Housekeeping, Some(now + HOUSEKEEPING));
     }
 

@@ -24,8 +24,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 /// Methods the proxy forwards and answers (OPTIONS to itself).
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, MESSAGE, REFER, NOTIFY, SUBSCRIBE";
-/// Option tags sixgate supports as a UAS (none yet: outbound and path arrive with the registrar).
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, MESSAGE, REFER, NOTIFY, SUBSCRIBE, REGISTER";
+/// Option tags a proxy-required extension may name (none: Outbound and Path are the
+/// registrar's, see [`super::register::REGISTRAR_SUPPORTED`]).
 pub const SUPPORTED: &[&str] = &[];
 pub const ACCEPT: &str = "application/sdp";
 /// The prefix of every branch we generate; what follows it is the loop-detection hash.
@@ -43,6 +44,8 @@ pub(super) enum Dest {
 pub(super) struct Candidate {
     /// A new Request-URI, or keep the request's.
     ruri: Option<String>,
+    /// Route header lines to add (a registered binding's Path, RFC 3327 §5.3).
+    route: Vec<String>,
     dest: Dest,
     carrier: Option<usize>,
 }
@@ -102,6 +105,13 @@ impl ProxyCtx {
     pub(super) fn branch_carrier(&self, index: usize) -> Option<usize> {
         self.branches.get(index).and_then(|b| b.candidate.carrier)
     }
+}
+
+/// Which digest exchange: a proxy's (407) or a registrar's (401), RFC 3261 §22.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum AuthKind {
+    Proxy,
+    Www,
 }
 
 /// An admitted in-dialog request: its dialog and where it goes.
@@ -199,12 +209,17 @@ impl Engine {
             self.on_cancel(now, &msg, from, &key);
             return;
         }
+        self.note_flow_traffic(now, from);
         // Only requests we forward get a server transaction. Everything we answer ourselves
         // (refusals, challenges, OPTIONS to us) is answered statelessly (RFC 3261 §16.11): a
         // spoofed request then holds no memory and buys exactly one answer, with no Timer G
         // retransmissions towards its victim. A retransmission is simply answered again.
         // Route processing (§16.4) once: the decision and the forwarding both use it.
         let routing = self.route_processing(&msg);
+        if !routing.foreign_routes && routing.new_ruri.is_none() && self.is_register_for_us(&msg) {
+            self.on_register(now, msg, from, key);
+            return;
+        }
         match self.decide(now, &msg, from, &routing) {
             Decision::Answer(status, reason, headers) => self.answer_stateless(&msg, from, status, reason, &headers),
             Decision::Forward(plan) => {
@@ -283,8 +298,8 @@ impl Engine {
         if let Some(carrier) = self.router.carrier_by_source(from.remote.ip()) {
             return match self.router.called(&user_part) {
                 Called::User(u) => {
-                    let contacts = u.contacts.clone();
-                    self.plan_user(&contacts, method, None, Some(carrier))
+                    let name = u.username.clone();
+                    self.plan_user(now, &name, method, None, Some(carrier))
                 }
                 _ => Answer(404, "Not Found", vec![]),
             };
@@ -303,8 +318,8 @@ impl Engine {
         }
         match self.router.called(&user_part) {
             Called::User(u) => {
-                let contacts = u.contacts.clone();
-                self.plan_user(&contacts, method, Some(user), None)
+                let name = u.username.clone();
+                self.plan_user(now, &name, method, Some(user), None)
             }
             Called::Number(number) => {
                 let order = {
@@ -324,7 +339,7 @@ impl Engine {
                     .filter_map(|c| {
                         let ruri = self.router.carrier_request_uri(c, &number);
                         let dest = self.dest_of(&self.router.carriers()[c].uri)?;
-                        Some(Candidate { ruri: Some(ruri), dest, carrier: Some(c) })
+                        Some(Candidate { ruri: Some(ruri), route: Vec::new(), dest, carrier: Some(c) })
                     })
                     .collect();
                 let Some(first) = serial.pop_front() else {
@@ -344,14 +359,25 @@ impl Engine {
         }
     }
 
-    fn plan_user(&self, contacts: &[TargetUri], method: Method, user: Option<String>, carrier_origin: Option<usize>) -> Decision {
-        let parallel: Vec<Candidate> = contacts
-            .iter()
-            .take(self.max_branches)
-            .filter_map(|c| Some(Candidate { ruri: Some(c.text.clone()), dest: self.dest_of(c)?, carrier: None }))
-            .collect();
+    /// Forks to every live registered binding of `username`, each over its own flow, plus the
+    /// user's static contacts; 480 when there is none (430 when Outbound flows just failed).
+    fn plan_user(&self, now: Instant, username: &str, method: Method, user: Option<String>, carrier_origin: Option<usize>) -> Decision {
+        let unix = self.unix_now(now);
+        let registered = self.registrar.lookup(username, unix).into_iter().map(|b| Candidate {
+            ruri: Some(b.contact.clone()),
+            route: b.path.clone(),
+            dest: Dest::Hop(Hop { transport: b.flow.transport, local: b.flow.local, dest: b.flow.remote }),
+            carrier: None,
+        });
+        let configured = self.router.user(username).map(|u| u.contacts.clone()).unwrap_or_default();
+        let configured = configured.iter().filter_map(|c| Some(Candidate { ruri: Some(c.text.clone()), route: Vec::new(), dest: self.dest_of(c)?, carrier: None }));
+        let parallel: Vec<Candidate> = registered.chain(configured).take(self.max_branches).collect();
         if parallel.is_empty() {
-            return Decision::Answer(480, "Temporarily Unavailable", vec![]);
+            return if self.registrar.flow_failed(username, unix) {
+                Decision::Answer(430, "Flow Failed", vec![])
+            } else {
+                Decision::Answer(480, "Temporarily Unavailable", vec![])
+            };
         }
         if creates_dialog(method) && self.dialogs.len() >= self.limits.max_dialogs {
             return Decision::Answer(503, "Service Unavailable (call limit)", vec![("Retry-After", "10".into())]);
@@ -362,38 +388,9 @@ impl Engine {
     /// Checks the caller's digest credentials: the authenticated username, or the answer that
     /// refuses or challenges the request.
     fn authenticate(&mut self, now: Instant, req: &Message, source: IpAddr) -> Result<String, Decision> {
-        let realm = self.auth.realm.clone();
-        let now_secs = self.now_secs(now);
-        let mut stale = false;
-        let mut authenticated = None;
-        let ruri = req.request_uri().map(|u| req.slice(u.span)).unwrap_or_default();
-        for h in req.headers_named(HeaderName::ProxyAuthorization) {
-            let verdict = auth::verify(req.slice(h.value), req.method_bytes(), ruri, &realm, self.auth.digest_uri, &self.nonces, now_secs, source, &self.router);
-            match verdict {
-                Verdict::Ok(user) => {
-                    authenticated = Some(user);
-                    break;
-                }
-                Verdict::Stale => stale = true,
-                Verdict::OtherRealm => {}
-                Verdict::Denied(why) => {
-                    self.stats.auth_failures += 1;
-                    tracing::info!(%source, why, "digest credentials refused");
-                    return Err(Decision::Answer(403, "Forbidden (bad credentials)", vec![]));
-                }
-            }
-        }
         let from_user = self.local_user_in_from(req);
-        let Some(user) = authenticated else {
-            if from_user.is_none() && !stale {
-                // Neither a carrier nor one of our users: nothing to challenge.
-                return Err(Decision::Answer(403, "Forbidden (not a local user or carrier)", vec![]));
-            }
-            self.stats.challenges += 1;
-            let nonce = self.nonces.issue(now_secs, source);
-            let headers = auth::challenge_headers(&realm, &nonce, stale, &self.auth.algorithms).into_iter().map(|v| ("Proxy-Authenticate", v)).collect();
-            return Err(Decision::Answer(407, "Proxy Authentication Required", headers));
-        };
+        // Neither a carrier nor one of our users: nothing to challenge.
+        let user = self.check_credentials(now, req, source, AuthKind::Proxy, from_user.is_some()).map_err(|(s, r, h)| Decision::Answer(s, r, h))?;
         // The From must name the user who authenticated (no calling as somebody else, no tel:
         // or foreign-domain From to dodge the check).
         if from_user.as_deref() != Some(user.as_str()) {
@@ -401,6 +398,74 @@ impl Engine {
             return Err(Decision::Answer(403, "Forbidden (From does not match the authenticated user)", vec![]));
         }
         Ok(user)
+    }
+
+    /// Digest authentication shared by the proxy (407, Proxy-Authorization) and the registrar
+    /// (401, Authorization): bans first, then each credentials value of our realm; a replayed
+    /// nonce-count or an old nonce gets a fresh challenge with stale=true. `challenge` false:
+    /// a request without good credentials is refused rather than challenged.
+    pub(super) fn check_credentials(
+        &mut self,
+        now: Instant,
+        req: &Message,
+        source: IpAddr,
+        kind: AuthKind,
+        challenge: bool,
+    ) -> Result<String, (u16, &'static str, Vec<(&'static str, String)>)> {
+        if self.bans.is_banned(now, source) {
+            self.stats.banned_refusals += 1;
+            return Err((403, "Forbidden (too many failed authentications)", vec![]));
+        }
+        let realm = self.auth.realm.clone();
+        let now_secs = self.now_secs(now);
+        let mut stale = false;
+        let ruri = req.request_uri().map(|u| req.slice(u.span)).unwrap_or_default();
+        let (credentials, challenge_name, status, reason) = match kind {
+            AuthKind::Proxy => (HeaderName::ProxyAuthorization, "Proxy-Authenticate", 407, "Proxy Authentication Required"),
+            AuthKind::Www => (HeaderName::Authorization, "WWW-Authenticate", 401, "Unauthorized"),
+        };
+        for h in req.headers_named(credentials) {
+            let verdict = auth::verify(req.slice(h.value), req.method_bytes(), ruri, &realm, self.auth.digest_uri, &self.nonces, now_secs, source, &self.router);
+            let refusal = match verdict {
+                Verdict::Ok { user, nonce, nc } => {
+                    let fresh = match (nc, auth::nonce_time(&nonce)) {
+                        (Some(nc), Some(issued)) => self.nonce_counts.accept(&nonce, issued, nc),
+                        // Without qop there is no count to check (RFC 2069 clients).
+                        _ => true,
+                    };
+                    if fresh {
+                        return Ok(user);
+                    }
+                    self.stats.digest_replays += 1;
+                    tracing::info!(%source, user, "digest nonce-count replayed: challenged again");
+                    stale = true;
+                    continue;
+                }
+                Verdict::Stale => {
+                    stale = true;
+                    continue;
+                }
+                Verdict::OtherRealm => continue,
+                Verdict::Denied(why) => (403, "Forbidden (bad credentials)", why),
+                Verdict::Malformed(why) => (400, "Bad Request (malformed credentials)", why),
+            };
+            self.stats.auth_failures += 1;
+            tracing::info!(%source, why = refusal.2, "digest credentials refused");
+            if let Some(network) = self.bans.failed(now, source) {
+                self.stats.bans += 1;
+                tracing::warn!(%network, secs = self.auth.ban_secs, "source banned after repeated failed authentications");
+                self.event(Event::Banned { network });
+            }
+            return Err((refusal.0, refusal.1, vec![]));
+        }
+        if !challenge && !stale {
+            return Err((403, "Forbidden (not a local user or carrier)", vec![]));
+        }
+        self.stats.challenges += 1;
+        let salt = self.rng.next_u64();
+        let nonce = self.nonces.issue(now_secs, salt, source);
+        let headers = auth::challenge_headers(&realm, &nonce, stale, &self.auth.algorithms).into_iter().map(|v| (challenge_name, v)).collect();
+        Err((status, reason, headers))
     }
 
     /// The local user the From header names (user part of a From URI in our domain).
@@ -423,7 +488,7 @@ impl Engine {
         match self.in_dialog(now, req, from) {
             Err((status, reason)) => Decision::Answer(status, reason, vec![]),
             Ok(d) => Decision::Forward(Plan {
-                parallel: vec![Candidate { ruri: routing.new_ruri.clone(), dest: Dest::Hop(d.target), carrier: d.carrier }],
+                parallel: vec![Candidate { ruri: routing.new_ruri.clone(), route: Vec::new(), dest: Dest::Hop(d.target), carrier: d.carrier }],
                 serial: VecDeque::new(),
                 record_route: false,
                 user: None,
@@ -538,7 +603,7 @@ impl Engine {
             Method::Options => Decision::Answer(
                 200,
                 "OK",
-                vec![("Allow", ALLOW.into()), ("Supported", SUPPORTED.join(", ")), ("Accept", ACCEPT.into())],
+                vec![("Allow", ALLOW.into()), ("Supported", super::register::REGISTRAR_SUPPORTED.join(", ")), ("Accept", ACCEPT.into())],
             ),
             Method::Bye => Decision::Answer(481, "Call/Transaction Does Not Exist", vec![]),
             Method::Extension => Decision::Answer(501, "Not Implemented", vec![("Allow", ALLOW.into())]),
@@ -678,7 +743,7 @@ impl Engine {
         };
         if let Some(ctx) = self.contexts.get_mut(&ctx_id) {
             for h in rest.iter().rev() {
-                ctx.serial.push_front(Candidate { ruri: c.ruri.clone(), dest: Dest::Hop(*h), carrier: c.carrier });
+                ctx.serial.push_front(Candidate { ruri: c.ruri.clone(), route: c.route.clone(), dest: Dest::Hop(*h), carrier: c.carrier });
             }
         }
         self.send_branch(now, ctx_id, c, *first, None);
@@ -716,6 +781,10 @@ impl Engine {
             self.candidate_failed(now, ctx_id, 500);
             return;
         };
+        for r in &c.route {
+            // A binding registered through an edge proxy is reached through it (RFC 3327).
+            top.push_str(&format!("Route: {r}\r\n"));
+        }
         let mut bottom = auth.as_ref().map(|(line, _)| line.clone()).unwrap_or_default();
         if let (Some(user), Some(_)) = (&ctx.user, c.carrier) {
             // Toward a carrier we assert who called: the user's first number (RFC 3325).
@@ -1181,8 +1250,13 @@ impl Engine {
     }
 
     fn send_probe_to(&mut self, now: Instant, carrier: usize, hop: Hop) {
-        let c = &self.router.carriers()[carrier];
-        let ruri = c.uri.text.clone();
+        let ruri = self.router.carriers()[carrier].uri.text.clone();
+        self.send_options(now, hop, &ruri, ClientOwner::Probe { carrier });
+    }
+
+    /// An OPTIONS of our own (carrier probe, keepalive of a registered flow) as a client
+    /// transaction: its answer, or Timer F, goes to `owner`.
+    pub(super) fn send_options(&mut self, now: Instant, hop: Hop, ruri: &str, owner: ClientOwner) {
         let me = self.advertised(&hop);
         let branch = format!("{BRANCH_PREFIX}p-{:x}", self.rng.next_u64());
         let via = self.via_line(&hop, &branch);
@@ -1196,7 +1270,7 @@ impl Engine {
         );
         let bytes = Bytes::from(text);
         if let Ok(parsed) = parse(bytes.clone(), hop.transport.framing()) {
-            self.start_client(now, parsed, bytes, hop, ClientOwner::Probe { carrier }, false);
+            self.start_client(now, parsed, bytes, hop, owner, false);
         }
     }
 }

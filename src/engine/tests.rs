@@ -5,7 +5,7 @@ use super::*;
 use crate::auth::{answer_challenge, Challenge};
 use crate::message::{parse, Framing, HeaderName};
 
-const CFG: &str = r#"
+pub(super) const CFG: &str = r#"
 [sip]
 domains = ["sixgate.test"]
 [[listen]]
@@ -56,7 +56,7 @@ priority = 2
 probe_interval_secs = 0
 "#;
 
-const PHONE: &str = "[2001:db8::10]:5062";
+pub(super) const PHONE: &str = "[2001:db8::10]:5062";
 const PRIMARY: &str = "198.51.100.1:5060";
 const BACKUP: &str = "198.51.100.2:5060";
 
@@ -64,25 +64,29 @@ fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-struct Sim {
-    eng: Engine,
-    t0: Instant,
-    now: Instant,
+pub(super) struct Sim {
+    pub(super) eng: Engine,
+    pub(super) t0: Instant,
+    pub(super) now: Instant,
+    /// What the store was asked to make durable (every request is acknowledged at once).
+    pub(super) stored: Vec<Change>,
+    /// Answer store requests with a failure.
+    pub(super) store_fails: bool,
 }
 
 impl Sim {
-    fn new() -> Sim {
+    pub(super) fn new() -> Sim {
         Sim::with(CFG)
     }
-    fn with(cfg: &str) -> Sim {
+    pub(super) fn with(cfg: &str) -> Sim {
         let cfg = Config::from_toml(cfg).unwrap();
-        let mut eng = Engine::new(&cfg, EngineParams { seed: 7, nonce_key: [3; 32] });
+        let mut eng = Engine::new(&cfg, EngineParams { seed: 7, nonce_key: [3; 32], unix_time: 1_800_000_000 });
         let t0 = Instant::now();
         eng.start(t0);
-        Sim { eng, t0, now: t0 }
+        Sim { eng, t0, now: t0, stored: Vec::new(), store_fails: false }
     }
 
-    fn inbound(&self, transport: TransportKind, remote: &str) -> Inbound {
+    pub(super) fn inbound(&self, transport: TransportKind, remote: &str) -> Inbound {
         let remote = sa(remote);
         let local = match (transport, remote.is_ipv6()) {
             (_, true) => sa("[2001:db8::5]:5060"),
@@ -92,11 +96,11 @@ impl Sim {
     }
 
     /// Delivers SIP text from `remote` over UDP and returns what the engine sent.
-    fn send(&mut self, remote: &str, text: &str) -> Vec<Transmit> {
+    pub(super) fn send(&mut self, remote: &str, text: &str) -> Vec<Transmit> {
         self.send_over(TransportKind::Udp, remote, text)
     }
 
-    fn send_over(&mut self, transport: TransportKind, remote: &str, text: &str) -> Vec<Transmit> {
+    pub(super) fn send_over(&mut self, transport: TransportKind, remote: &str, text: &str) -> Vec<Transmit> {
         let framing = transport.framing();
         let msg = parse(Bytes::copy_from_slice(text.as_bytes()), framing).unwrap_or_else(|e| panic!("{e}: {text}"));
         let from = self.inbound(transport, remote);
@@ -104,18 +108,33 @@ impl Sim {
         self.drain()
     }
 
-    fn drain(&mut self) -> Vec<Transmit> {
+    pub(super) fn drain(&mut self) -> Vec<Transmit> {
         let mut v = Vec::new();
-        while let Some(o) = self.eng.poll_output() {
-            if let Output::Transmit(t) = o {
-                v.push(t);
+        // Bounded: store answers only release the replies already waiting.
+        for _ in 0..1000 {
+            let mut acks = Vec::new();
+            while let Some(o) = self.eng.poll_output() {
+                match o {
+                    Output::Transmit(t) => v.push(t),
+                    Output::Store { id, changes } => {
+                        self.stored.extend(changes);
+                        acks.push(id);
+                    }
+                    _ => {}
+                }
+            }
+            if acks.is_empty() {
+                break;
+            }
+            for id in acks {
+                self.eng.handle(self.now, Input::Stored { id, ok: !self.store_fails });
             }
         }
         v
     }
 
     /// Jumps to the next deadline (at most to `limit` after t0); returns what was sent.
-    fn step(&mut self, limit: Duration) -> Option<Vec<Transmit>> {
+    pub(super) fn step(&mut self, limit: Duration) -> Option<Vec<Transmit>> {
         let at = self.eng.poll_timeout()?;
         // Housekeeping ticks forever; stop at the limit.
         if at > self.t0 + limit {
@@ -126,12 +145,12 @@ impl Sim {
         Some(self.drain())
     }
 
-    fn elapsed(&self) -> Duration {
+    pub(super) fn elapsed(&self) -> Duration {
         self.now - self.t0
     }
 
     /// Runs every timer up to `limit`, collecting (time, transmit).
-    fn run_until(&mut self, limit: Duration) -> Vec<(Duration, Transmit)> {
+    pub(super) fn run_until(&mut self, limit: Duration) -> Vec<(Duration, Transmit)> {
         let mut out = Vec::new();
         for _ in 0..100_000 {
             let Some(sent) = self.step(limit) else { break };
@@ -142,24 +161,24 @@ impl Sim {
     }
 
     /// Every transaction, context and lookup is gone (dialogs may remain).
-    fn drained(&self) -> bool {
+    pub(super) fn drained(&self) -> bool {
         TableSizes { dialogs: 0, ..self.eng.table_sizes() }.is_empty()
     }
 }
 
-fn text(t: &Transmit) -> String {
+pub(super) fn text(t: &Transmit) -> String {
     String::from_utf8_lossy(&t.bytes).into_owned()
 }
 
-fn status(t: &Transmit) -> u16 {
+pub(super) fn status(t: &Transmit) -> u16 {
     text(t)[8..11].parse().unwrap_or(0)
 }
 
-fn msg_of(t: &Transmit) -> Message {
+pub(super) fn msg_of(t: &Transmit) -> Message {
     parse(t.bytes.clone(), Framing::Datagram).unwrap()
 }
 
-fn header(t: &Transmit, name: &str) -> Vec<String> {
+pub(super) fn header(t: &Transmit, name: &str) -> Vec<String> {
     text(t).lines().filter_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_string)).collect()
 }
 
@@ -173,7 +192,7 @@ fn invite(ruri: &str, from_user: &str, call: &str, branch: &str, cseq: u32, extr
 
 /// The response a fake UA sends to the request it received in `t`: Vias, From, To (+ tag),
 /// Call-ID and CSeq copied.
-fn respond(t: &Transmit, code: u16, reason: &str, to_tag: Option<&str>, extra: &str) -> String {
+pub(super) fn respond(t: &Transmit, code: u16, reason: &str, to_tag: Option<&str>, extra: &str) -> String {
     let m = msg_of(t);
     let mut s = format!("SIP/2.0 {code} {reason}\r\n");
     for h in m.headers.iter() {
@@ -229,7 +248,8 @@ fn options_to_the_proxy_itself_and_refusals_carry_the_right_status() {
         (req("OPTIONS", "sip:sixgate.test", "Proxy-Require: foo\r\n"), 420),
         (req("OPTIONS", "sip:sixgate.test", "Require: foo\r\n"), 420),
         (req("OPTIONS", "nobodyknowsthisscheme:x", ""), 416),
-        (req("REGISTER", "sip:sixgate.test", ""), 405),
+        (req("REGISTER", "sip:sixgate.test", ""), 401), // the registrar challenges
+        (req("REGISTER", "sip:elsewhere.example", ""), 403),
         (req("BYE", "sip:sixgate.test", ""), 481),
         (req("FOO", "sip:sixgate.test", ""), 501),
         (req("INVITE", "sip:bob@elsewhere.example", "").replace("Max-Forwards: 70", "Max-Forwards: 0"), 483),

@@ -43,6 +43,15 @@ pub struct Inbound {
     pub remote: SocketAddr,
 }
 
+/// What transports hand to the engine's owner task.
+#[derive(Debug)]
+pub enum Delivery {
+    /// A validated message and where it came from.
+    Message(crate::message::Message, Inbound),
+    /// A TCP connection ended.
+    Closed(Inbound),
+}
+
 /// The CRLF keepalive ping and its pong (RFC 5626 §3.5.1).
 pub const PING: &[u8] = b"\r\n\r\n";
 pub const PONG: &[u8] = b"\r\n";

@@ -11,7 +11,7 @@ use super::framing::{Frame, FrameError, StreamFramer};
 use super::{source_key, Inbound, PONG};
 use crate::config::{Limits, TransportKind};
 use crate::core::Core;
-use crate::message::{parse, Framing, Message, MessageError};
+use crate::message::{parse, Framing, MessageError};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -100,7 +100,7 @@ pub async fn serve(
     core: Arc<Core>,
     table: Arc<ConnectionTable>,
     limits: Limits,
-    engine: mpsc::Sender<(Message, Inbound)>,
+    engine: mpsc::Sender<super::Delivery>,
 ) {
     loop {
         let (stream, remote) = match listener.accept().await {
@@ -133,14 +133,17 @@ fn spawn_connection(
     core: Arc<Core>,
     table: Arc<ConnectionTable>,
     limits: Limits,
-    engine: mpsc::Sender<(Message, Inbound)>,
+    engine: mpsc::Sender<super::Delivery>,
     tx: mpsc::Sender<Bytes>,
     rx: mpsc::Receiver<Bytes>,
 ) {
     let _ = stream.set_nodelay(true);
     tokio::spawn(async move {
-        let mut writer = connection(stream, from, core, tx, rx, &limits, engine).await;
-        table.remove(from.remote); // drops the last sender: the writer flushes what is queued and ends
+        let mut writer = connection(stream, from, core, tx, rx, &limits, engine.clone()).await;
+        table.remove(from.remote);
+        // The registrar forgets the bindings of a closed flow (RFC 5626 §5.3: requests to it
+        // would fail).
+        let _ = engine.send(super::Delivery::Closed(from)).await; // drops the last sender: the writer flushes what is queued and ends
         if tokio::time::timeout(FLUSH_GRACE, &mut writer).await.is_err() {
             writer.abort(); // a peer that does not read: its socket closes with the task
         }
@@ -160,7 +163,7 @@ pub async fn connect(
     core: Arc<Core>,
     table: Arc<ConnectionTable>,
     limits: Limits,
-    engine: mpsc::Sender<(Message, Inbound)>,
+    engine: mpsc::Sender<super::Delivery>,
 ) -> bool {
     let sock = match if remote.is_ipv6() { tokio::net::TcpSocket::new_v6() } else { tokio::net::TcpSocket::new_v4() } {
         Ok(s) => s,
@@ -194,7 +197,7 @@ async fn connection(
     tx: mpsc::Sender<Bytes>,
     mut rx: mpsc::Receiver<Bytes>,
     limits: &Limits,
-    engine: mpsc::Sender<(Message, Inbound)>,
+    engine: mpsc::Sender<super::Delivery>,
 ) -> tokio::task::JoinHandle<()> {
     let (rd, mut wr) = stream.into_split();
     let writer = tokio::spawn(async move {
@@ -253,7 +256,7 @@ async fn connection(
                         Ok(msg) => {
                             // TCP has no retransmissions: wait for room rather than drop (the
                             // peer's window fills and it slows down).
-                            if engine.send((msg, from)).await.is_err() {
+                            if engine.send(super::Delivery::Message(msg, from)).await.is_err() {
                                 break 'read; // the engine is gone: shutting down
                             }
                             None

@@ -79,7 +79,7 @@ fn classify(core: &Core, data: &[u8], from: Inbound, max_message: usize) -> Data
 
 /// Serves one UDP socket until the task is dropped: answers what the edge answers, hands
 /// validated messages to the engine.
-pub async fn serve(sock: Arc<UdpSocket>, local: SocketAddr, core: Arc<Core>, max_message: usize, engine: mpsc::Sender<(Message, Inbound)>) {
+pub async fn serve(sock: Arc<UdpSocket>, local: SocketAddr, core: Arc<Core>, max_message: usize, engine: mpsc::Sender<super::Delivery>) {
     let mut buf = vec![0u8; RECV_BUFFER];
     loop {
         let (n, remote) = match sock.recv_from(&mut buf).await {
@@ -101,7 +101,7 @@ pub async fn serve(sock: Arc<UdpSocket>, local: SocketAddr, core: Arc<Core>, max
             }
             Datagram::Message(msg) => {
                 // A full queue means the engine is overloaded: shed load here, counted.
-                if engine.try_send((msg, from)).is_err() {
+                if engine.try_send(super::Delivery::Message(msg, from)).is_err() {
                     core.metrics.inc("dropped", "engine_queue_full");
                 }
             }

@@ -90,6 +90,9 @@ impl Sixgate {
             .args(["run", "-c"])
             .arg(&cfg)
             .env("RUST_LOG", "sixgate=debug")
+            // Each instance its own registration store (a config's [state] dir wins).
+            .env("STATE_DIRECTORY", dir.0.join("state"))
+            .current_dir(&dir.0)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
