@@ -11,10 +11,10 @@
 //! offered first here.
 
 mod common;
-use common::{free_port, tool, Dnsmasq, Sixgate, TempDir};
+use common::{free_port, sipp, sipp_over, tool, Dnsmasq, Sixgate, TempDir};
 use std::net::UdpSocket;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// A UDP port free on both loopback families.
 fn port() -> u16 {
@@ -40,91 +40,6 @@ fn carrier(name: &str, port: u16, prefix: &str, priority: u32, extra: &str) -> S
         "[[carriers]]\nname = \"{name}\"\nuri = \"sip:127.0.0.1:{port}\"\nprefixes = [\"{prefix}\"]\npriority = {priority}\n\
          source_cidrs = [\"127.0.0.2/32\"]\nprobe_interval_secs = 0\n{extra}"
     )
-}
-
-fn scenario(name: &str) -> String {
-    format!("{}/tests/sipp/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A sipp process; its logs live in `dir` and are shown when a run fails.
-struct Sipp {
-    child: Option<Child>,
-    dir: TempDir,
-    what: String,
-}
-
-impl Drop for Sipp {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.child {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn sipp_cmd(netns: Option<&str>) -> Command {
-    match netns {
-        Some(ns) => {
-            let mut c = Command::new(tool("ip"));
-            c.args(["netns", "exec", ns]).arg(tool("sipp"));
-            c
-        }
-        None => Command::new(tool("sipp")),
-    }
-}
-
-/// Starts sipp with `scenario` bound to `ip:port`, running `calls` calls (UAS: in the
-/// background until they are done).
-fn sipp(netns: Option<&str>, scenario_name: &str, ip: &str, port: u16, args: &[&str], target: Option<&str>) -> Sipp {
-    sipp_over("u1", netns, scenario_name, ip, port, args, target)
-}
-
-/// [`sipp`] over sipp's transport `t` ("u1" UDP, "t1" TCP).
-fn sipp_over(t: &str, netns: Option<&str>, scenario_name: &str, ip: &str, port: u16, args: &[&str], target: Option<&str>) -> Sipp {
-    let dir = TempDir::new("sipp");
-    let mut cmd = sipp_cmd(netns);
-    cmd.current_dir(&dir.0)
-        .args(["-sf", &scenario(scenario_name), "-i", ip, "-p", &port.to_string(), "-t", t])
-        .args(["-m", "1", "-nostdin", "-timeout", "60s", "-timeout_error", "-trace_err", "-trace_msg"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(t) = target {
-        cmd.arg(t);
-    }
-    let child = cmd.spawn().expect("spawn sipp");
-    Sipp { child: Some(child), dir, what: format!("{scenario_name} on {ip}:{port}") }
-}
-
-impl Sipp {
-    /// Waits (bounded) for sipp to finish; panics with its logs unless it succeeded.
-    fn expect_success(mut self, within: Duration) {
-        let out = self.wait(within);
-        if !out.status.success() {
-            panic!("{} failed ({}):\n{}", self.what, out.status, self.logs(&out));
-        }
-    }
-
-    fn wait(&mut self, within: Duration) -> Output {
-        let mut child = self.child.take().expect("running");
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return child.wait_with_output().expect("sipp output");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        child.wait_with_output().expect("sipp output")
-    }
-
-    fn logs(&self, out: &Output) -> String {
-        let mut logs = format!("{}\n{}\n", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        for e in std::fs::read_dir(&self.dir.0).into_iter().flatten().flatten() {
-            logs.push_str(&format!("--- {}\n{}\n", e.path().display(), std::fs::read_to_string(e.path()).unwrap_or_default()));
-        }
-        logs
-    }
 }
 
 /// What sipp must put in its digest `uri`: the Request-URI it sends (without the scheme).

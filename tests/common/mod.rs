@@ -179,3 +179,251 @@ impl Dnsmasq {
         panic!("dnsmasq did not start in 5 tries");
     }
 }
+
+// ----- sipp -----
+
+use std::process::Output;
+
+/// A scenario of `tests/sipp/` by name, or a path a test wrote.
+pub fn scenario(name: &str) -> String {
+    if name.starts_with('/') {
+        return name.to_string();
+    }
+    format!("{}/tests/sipp/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A sipp process; its logs live in `dir` and are shown when a run fails.
+pub struct Sipp {
+    pub child: Option<Child>,
+    pub dir: TempDir,
+    pub what: String,
+}
+
+impl Drop for Sipp {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn sipp_cmd(netns: Option<&str>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new(tool("ip"));
+            c.args(["netns", "exec", ns]).arg(tool("sipp"));
+            c
+        }
+        None => Command::new(tool("sipp")),
+    }
+}
+
+/// Starts sipp with `scenario` bound to `ip:port`, running `calls` calls (UAS: in the
+/// background until they are done).
+pub fn sipp(netns: Option<&str>, scenario_name: &str, ip: &str, port: u16, args: &[&str], target: Option<&str>) -> Sipp {
+    sipp_over("u1", netns, scenario_name, ip, port, args, target)
+}
+
+/// [`sipp`] over sipp's transport `t` ("u1" UDP, "t1" TCP).
+pub fn sipp_over(t: &str, netns: Option<&str>, scenario_name: &str, ip: &str, port: u16, args: &[&str], target: Option<&str>) -> Sipp {
+    let dir = TempDir::new("sipp");
+    let mut cmd = sipp_cmd(netns);
+    cmd.current_dir(&dir.0)
+        .args(["-sf", &scenario(scenario_name), "-i", ip, "-p", &port.to_string(), "-t", t])
+        .args(["-m", "1", "-nostdin", "-timeout", "60s", "-timeout_error", "-trace_err", "-trace_msg"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(t) = target {
+        cmd.arg(t);
+    }
+    let child = cmd.spawn().expect("spawn sipp");
+    Sipp { child: Some(child), dir, what: format!("{scenario_name} on {ip}:{port}") }
+}
+
+impl Sipp {
+    /// Waits (bounded) for sipp to finish; panics with its logs unless it succeeded.
+    pub fn expect_success(mut self, within: Duration) {
+        let out = self.wait(within);
+        if !out.status.success() {
+            panic!("{} failed ({}):\n{}", self.what, out.status, self.logs(&out));
+        }
+    }
+
+    pub fn wait(&mut self, within: Duration) -> Output {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return child.wait_with_output().expect("sipp output");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        child.wait_with_output().expect("sipp output")
+    }
+
+    pub fn logs(&self, out: &Output) -> String {
+        let mut logs = format!("{}\n{}\n", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        for e in std::fs::read_dir(&self.dir.0).into_iter().flatten().flatten() {
+            logs.push_str(&format!("--- {}\n{}\n", e.path().display(), std::fs::read_to_string(e.path()).unwrap_or_default()));
+        }
+        logs
+    }
+}
+
+
+/// A network namespace (`ip netns add NAME`) with its loopback up, deleted on drop, so also when
+/// the test panics. Processes still inside keep it alive until they exit: drop them first.
+pub struct Namespace(pub String);
+
+extern "C" {
+    /// setns(2) from the C library std already links; moves only the calling thread.
+    fn setns(fd: std::os::raw::c_int, nstype: std::os::raw::c_int) -> std::os::raw::c_int;
+}
+
+impl Namespace {
+    /// Creates `name` (a stale one of the same name, left by a killed run, is removed first).
+    pub fn new(name: &str) -> Namespace {
+        let ip = tool("ip");
+        let _ = Command::new(&ip).args(["netns", "del", name]).stderr(Stdio::null()).status();
+        assert!(Command::new(&ip).args(["netns", "add", name]).status().unwrap().success(), "ip netns add {name} (root needed)");
+        let ns = Namespace(name.to_string());
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip -n NAME ARGS`; panics unless it succeeds.
+    pub fn ip(&self, args: &[&str]) {
+        let out = Command::new(tool("ip")).args(["-n", &self.0]).args(args).output().expect("run ip");
+        assert!(out.status.success(), "ip -n {} {}: {}", self.0, args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// A command running `program` inside the namespace. `ip netns exec` execs it, so the
+    /// child's pid is the program's and `Child::kill` reaches it.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(tool("ip"));
+        c.args(["netns", "exec", &self.0]).arg(program);
+        c
+    }
+
+    /// Runs `program args` inside the namespace; panics unless it succeeds; returns its stdout.
+    pub fn run(&self, program: &str, args: &[&str]) -> String {
+        let out = self.command(tool(program)).args(args).output().expect("run in namespace");
+        assert!(out.status.success(), "{program} {} in {}: {}", args.join(" "), self.0, String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `sysctl -w` each `key=value` inside the namespace (net.* keys are per namespace).
+    pub fn sysctl(&self, settings: &[&str]) {
+        let mut args = vec!["-qw"];
+        args.extend_from_slice(settings);
+        self.run("sysctl", &args);
+    }
+
+    /// Loads an nftables ruleset (`nft -f -`) inside the namespace.
+    pub fn nft(&self, rules: &str) {
+        let mut c = self.command(tool("nft")).args(["-f", "-"]).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn nft");
+        c.stdin.take().unwrap().write_all(rules.as_bytes()).unwrap();
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "nft in {}: {}\n{rules}", self.0, String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The namespace's connection-tracking table (/proc/net/nf_conntrack), for failure reports.
+    pub fn conntrack(&self) -> String {
+        let out = self.command(tool("cat")).arg("/proc/net/nf_conntrack").output().expect("cat nf_conntrack");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A UDP socket bound to `addr` inside the namespace, usable from the test process: a
+    /// helper thread enters the namespace (setns(2) moves only that thread) and binds it; a
+    /// socket stays in the namespace it was created in.
+    pub fn udp_socket(&self, addr: SocketAddr) -> UdpSocket {
+        let path = format!("/run/netns/{}", self.0);
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            let f = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            const CLONE_NEWNET: std::os::raw::c_int = 0x4000_0000;
+            // SAFETY: setns(2) with a namespace fd that lives across the call; it changes only
+            // this thread, which ends right after binding.
+            let rc = unsafe { setns(f.as_raw_fd(), CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr} in {path}: {e}"))
+        })
+        .join()
+        .expect("namespace socket thread")
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new(tool("ip")).args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// A veth pair: `a_if` in `a`, `b_if` in `b` (names are per namespace, so they never collide
+/// with another test's), both up.
+pub fn veth(a: &Namespace, a_if: &str, b: &Namespace, b_if: &str) {
+    a.ip(&["link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.0]);
+    a.ip(&["link", "set", a_if, "up"]);
+    b.ip(&["link", "set", b_if, "up"]);
+}
+
+/// sixgate running inside a network namespace (`ip netns exec NS sixgate run -c CONFIG`), its
+/// log (stdout) kept in a file for failure reports; killed on drop.
+pub struct NetnsSixgate {
+    child: Child,
+    pub addr: SocketAddr,
+    dir: TempDir,
+}
+
+impl Drop for NetnsSixgate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl NetnsSixgate {
+    /// Starts sixgate in `ns` with `config` and waits until it answers a CRLF keepalive on UDP
+    /// at `addr` (one of its listeners), probing from inside the namespace.
+    pub fn start(ns: &Namespace, addr: SocketAddr, config: &str) -> NetnsSixgate {
+        let dir = TempDir::new("sg-netns");
+        let cfg = dir.0.join("sixgate.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let log = std::fs::File::create(dir.0.join("sixgate.log")).unwrap();
+        let child = ns
+            .command(env!("CARGO_BIN_EXE_sixgate"))
+            .args(["run", "-c"])
+            .arg(&cfg)
+            .env("RUST_LOG", "sixgate=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn sixgate in the namespace");
+        let mut sg = NetnsSixgate { child, addr, dir };
+        let sock = ns.udp_socket(SocketAddr::new(addr.ip(), 0));
+        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = sg.child.try_wait() {
+                panic!("sixgate exited ({status}) in {}:\n{}", ns.0, sg.log());
+            }
+            let _ = sock.send_to(b"\r\n\r\n", addr);
+            let mut buf = [0u8; 16];
+            if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                if &buf[..n] == b"\r\n" {
+                    return sg;
+                }
+            }
+        }
+        panic!("sixgate did not come up on {addr} in {} within 10 s:\n{}", ns.0, sg.log());
+    }
+
+    /// What sixgate has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("sixgate.log")).unwrap_or_default()
+    }
+}
