@@ -274,6 +274,7 @@ fn the_call_completes_with_ten_percent_loss_both_ways() {
         .args(["run", "-c"])
         .arg(&cfg)
         .env("RUST_LOG", "sixgate=debug")
+        .env("STATE_DIRECTORY", dir.0.join("state"))
         .stdout(Stdio::from(std::fs::File::create(dir.0.join("sixgate.log")).unwrap()))
         .stderr(Stdio::inherit())
         .spawn()
