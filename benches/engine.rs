@@ -2,7 +2,10 @@
 //! copy out (parse of the input excluded; the engine re-parses its own output, included), in the
 //! two shapes the edge sees all day:
 //! - `carrier_to_user`: from a carrier's network (trusted, no digest) to a local user's contact;
-//! - `user_to_carrier_digest`: an authenticated phone to a carrier, digest check included.
+//! - `user_to_carrier_digest`: an authenticated phone to a carrier, digest check included;
+//! - `register_digest`: an authenticated REGISTER of one of 10 000 users (digest, nonce-count
+//!   window, binding rules, the store request, and the 200 after the store's answer — the store
+//!   itself, a redb commit on another thread, is not included).
 //!
 //! Each call is completed (a 486 from the callee, the ACK) so tables stay small; fake time
 //! jumps 40 s every 1 000 calls so finished transactions are reaped, inside the measurement.
@@ -145,5 +148,71 @@ fn bench_engine(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_engine);
+/// Authenticated REGISTERs, users in turn (each refreshes its binding after the first round).
+fn bench_register(c: &mut Criterion) {
+    const USERS: u64 = 10_000;
+    let mut cfg_text = CFG.to_string();
+    for u in 0..USERS {
+        cfg_text.push_str(&format!("[[users]]\nusername = \"u{u}\"\npassword = \"pw{u}\"\n"));
+    }
+    let cfg = Config::from_toml(&cfg_text).unwrap();
+    let mut g = c.benchmark_group("engine");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("register_digest", |b| {
+        b.iter_custom(|iters| {
+            let mut eng = Engine::new(&cfg, EngineParams { seed: 1, nonce_key: [1; 32], unix_time: 1_800_000_000 });
+            let now = Instant::now();
+            eng.start(now);
+            let mut elapsed = Duration::ZERO;
+            for i in 0..iters {
+                let u = i % USERS;
+                let from = inbound(&format!("[2001:db8:{:x}::10]:5062", u + 1));
+                let reg = |cseq: u64, auth: &str| {
+                    format!(
+                        "REGISTER sip:sixgate.test SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bKr{i}-{cseq};rport\r\nMax-Forwards: 70\r\n\
+                         From: <sip:u{u}@sixgate.test>;tag=t{u}\r\nTo: <sip:u{u}@sixgate.test>\r\nCall-ID: reg{u}\r\nCSeq: {cseq} REGISTER\r\n\
+                         Contact: <sip:u{u}@{}>\r\n{auth}Expires: 3600\r\nContent-Length: 0\r\n\r\n",
+                        from.remote, from.remote
+                    )
+                };
+                // The 401 round, outside the timing.
+                eng.handle(now, Input::Received { msg: parse(Bytes::from(reg(2 * i + 1, "")), Framing::Datagram).unwrap(), from });
+                let mut ch = None;
+                while let Some(o) = eng.poll_output() {
+                    if let Output::Transmit(t) = o {
+                        let s = String::from_utf8_lossy(&t.bytes).into_owned();
+                        ch = ch.or_else(|| s.lines().filter_map(|l| l.strip_prefix("WWW-Authenticate: ")).find_map(|v| Challenge::parse(v.as_bytes())));
+                    }
+                }
+                let cred = answer_challenge(&ch.expect("401"), &format!("u{u}"), &format!("pw{u}"), b"REGISTER", "sip:sixgate.test", "cn");
+                let msg = parse(Bytes::from(reg(2 * i + 2, &format!("Authorization: {cred}\r\n"))), Framing::Datagram).unwrap();
+                let start = Instant::now();
+                eng.handle(now, Input::Received { msg, from });
+                let mut sent = false;
+                for _ in 0..4 {
+                    let mut stored = Vec::new();
+                    while let Some(o) = eng.poll_output() {
+                        match o {
+                            Output::Store { id, .. } => stored.push(id),
+                            Output::Transmit(_) => sent = true,
+                            _ => {}
+                        }
+                    }
+                    if stored.is_empty() {
+                        break;
+                    }
+                    for id in stored {
+                        eng.handle(now, Input::Stored { id, ok: true });
+                    }
+                }
+                elapsed += start.elapsed();
+                assert!(sent, "the 200 went out");
+            }
+            elapsed
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_engine, bench_register);
 criterion_main!(benches);

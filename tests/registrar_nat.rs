@@ -318,8 +318,9 @@ impl CarrierCall {
         }
         if status.is_none() {
             let _ = child.kill();
-            let _ = child.wait();
         }
+        // Reaped in every case (after try_wait this returns at once).
+        let _ = child.wait();
         let mut logs = format!("sipp call to {}: {status:?}\n", self.number);
         for e in std::fs::read_dir(&self.dir.0).into_iter().flatten().flatten() {
             if e.path().extension().is_some_and(|x| x == "xml") {

@@ -411,7 +411,7 @@ impl Engine {
         source: IpAddr,
         kind: AuthKind,
         challenge: bool,
-    ) -> Result<String, (u16, &'static str, Vec<(&'static str, String)>)> {
+    ) -> Result<String, crate::registrar::Refusal> {
         if self.bans.is_banned(now, source) {
             self.stats.banned_refusals += 1;
             return Err((403, "Forbidden (too many failed authentications)", vec![]));

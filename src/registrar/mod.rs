@@ -75,6 +75,9 @@ impl Binding {
 }
 
 /// A change the store must make durable.
+// Changes live for one commit and are mostly Puts: boxing the binding would only add an
+// allocation to each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
     Put(Binding),

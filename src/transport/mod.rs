@@ -44,6 +44,9 @@ pub struct Inbound {
 }
 
 /// What transports hand to the engine's owner task.
+// Nearly every delivery is a message, moved once through the channel: boxing it would only add
+// an allocation per message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Delivery {
     /// A validated message and where it came from.
