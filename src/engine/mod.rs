@@ -340,6 +340,8 @@ pub struct Engine {
     /// Flows with keepalives, both ways.
     keepalive_flows: HashMap<u64, Flow>,
     flow_ids: HashMap<Flow, u64>,
+    /// Flows whose OPTIONS keepalive awaits its answer.
+    keepalives_in_flight: std::collections::HashSet<u64>,
     unix_at_epoch: u64,
     /// The first instant the engine saw: nonce timestamps count seconds from it.
     epoch: Option<Instant>,
@@ -395,6 +397,7 @@ impl Engine {
             pending_replies: HashMap::new(),
             keepalive_flows: HashMap::new(),
             flow_ids: HashMap::new(),
+            keepalives_in_flight: std::collections::HashSet::new(),
             unix_at_epoch: params.unix_time,
             epoch: None,
             rng: Rng::new({

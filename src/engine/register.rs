@@ -165,7 +165,7 @@ impl Engine {
             self.flow_ids.remove(&flow);
             return;
         };
-        let nat = state.nat;
+        let (nat, state) = (state.nat, state.clone());
         let interval = self.registrar.config().keepalive_interval_secs;
         if !nat || interval == 0 {
             self.keepalive_flows.remove(&id);
@@ -179,13 +179,11 @@ impl Engine {
             KeepaliveKind::Crlf => self.transmit(hop, Bytes::from_static(transport::PING), None),
             KeepaliveKind::Options => {
                 // One ping in flight per flow: a slow answer is not two misses.
-                if self.clients.values().any(|c| c.owner == (ClientOwner::Keepalive { flow: id })) {
+                if !self.keepalives_in_flight.insert(id) {
                     return;
                 }
-                let contact = self.registrar.all().find(|b| b.flow == flow).map(|b| b.contact.clone());
-                if let Some(ruri) = contact {
-                    self.send_options(now, hop, &ruri, ClientOwner::Keepalive { flow: id });
-                }
+                let ruri = state.contact.clone();
+                self.send_options(now, hop, &ruri, ClientOwner::Keepalive { flow: id });
             }
         }
     }
@@ -193,6 +191,7 @@ impl Engine {
     /// The answer (or silence) to an OPTIONS keepalive. Any final answer, even an error, proves
     /// the phone and its NAT mapping are there.
     pub(super) fn keepalive_outcome(&mut self, now: Instant, id: u64, answered: bool) {
+        self.keepalives_in_flight.remove(&id);
         let Some(&flow) = self.keepalive_flows.get(&id) else { return };
         let unix = self.unix_now(now);
         if answered {

@@ -127,7 +127,10 @@ pub struct Applied {
 /// What we know of a flow that carries bindings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FlowState {
-    pub bindings: usize,
+    /// Store keys of the bindings on this flow (a phone has one or a few).
+    pub bindings: Vec<String>,
+    /// A Contact registered over it: the Request-URI of its OPTIONS keepalives.
+    pub contact: String,
     /// Any binding on it is behind NAT (then UDP flows get keepalives).
     pub nat: bool,
     /// OPTIONS keepalives unanswered in a row.
@@ -383,8 +386,14 @@ impl Registrar {
                         }
                         None => list.push(b.clone()),
                     }
-                    let f = self.flows.entry(b.flow).or_insert(FlowState { bindings: 0, nat: false, missed: 0, last_seen: b.registered_at });
-                    f.bindings += 1;
+                    let f = self.flows.entry(b.flow).or_insert_with(|| FlowState {
+                        bindings: Vec::new(),
+                        contact: b.contact.clone(),
+                        nat: false,
+                        missed: 0,
+                        last_seen: b.registered_at,
+                    });
+                    f.bindings.push(b.store_key());
                     f.nat |= b.nat.is_some();
                     self.failed_flows.remove(&b.aor);
                 }
@@ -405,8 +414,11 @@ impl Registrar {
 
     fn flow_unref(&mut self, b: &Binding) {
         if let Some(f) = self.flows.get_mut(&b.flow) {
-            f.bindings = f.bindings.saturating_sub(1);
-            if f.bindings == 0 {
+            let key = b.store_key();
+            if let Some(i) = f.bindings.iter().position(|k| *k == key) {
+                f.bindings.swap_remove(i);
+            }
+            if f.bindings.is_empty() {
                 self.flows.remove(&b.flow);
             }
         }
@@ -444,16 +456,14 @@ impl Registrar {
 
     /// A flow died (TCP closed, keepalives unanswered): its bindings go.
     pub fn flow_dead(&mut self, flow: &Flow) -> Vec<Change> {
-        if !self.flows.contains_key(flow) {
-            return Vec::new();
-        }
-        let mut changes = Vec::new();
-        for b in self.by_aor.values().flatten().filter(|b| &b.flow == flow) {
-            if b.outbound() {
+        let Some(f) = self.flows.get(flow) else { return Vec::new() };
+        let changes: Vec<Change> = f.bindings.iter().map(|k| Change::Delete { store_key: k.clone() }).collect();
+        for k in &f.bindings {
+            let Some((aor, _)) = k.split_once('\n') else { continue };
+            if let Some(b) = self.by_aor.get(aor).and_then(|l| l.iter().find(|b| b.store_key() == *k)).filter(|b| b.outbound()) {
                 let until = self.failed_flows.entry(b.aor.clone()).or_insert(b.expires_at);
                 *until = (*until).max(b.expires_at);
             }
-            changes.push(Change::Delete { store_key: b.store_key() });
         }
         self.apply(&changes);
         self.flows.remove(flow);
