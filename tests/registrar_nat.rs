@@ -144,6 +144,11 @@ impl Nat {
             phone.ip(&["addr", "add", &format!("{}/24", nat.phone_ip(i)), "dev", "eth0"]);
             phone.ip(&["route", "add", "default", "via", &format!("{}.1", nat.lan)]);
         }
+        // The NAT table first: where conntrack is a module, loading it makes the sysctls exist.
+        home.nft(
+            "table ip home_nat {\n chain postrouting {\n  type nat hook postrouting priority srcnat; policy accept;\n  \
+             oifname \"wan\" masquerade\n }\n}\n",
+        );
         // Per-namespace sysctls: the host's conntrack timeouts are untouched. The unreplied and
         // the replied ("stream") timeouts both, as a flow that has seen replies uses the latter.
         home.sysctl(&[
@@ -151,10 +156,6 @@ impl Nat {
             "net.netfilter.nf_conntrack_udp_timeout=30",
             "net.netfilter.nf_conntrack_udp_timeout_stream=30",
         ]);
-        home.nft(
-            "table ip home_nat {\n chain postrouting {\n  type nat hook postrouting priority srcnat; policy accept;\n  \
-             oifname \"wan\" masquerade\n }\n}\n",
-        );
         nat
     }
 
