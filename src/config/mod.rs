@@ -772,13 +772,15 @@ impl Reader {
 
     fn users(&mut self, root: &Table) -> Vec<User> {
         let mut out: Vec<User> = Vec::new();
+        let mut usernames = std::collections::HashSet::new();
         for (path, t) in self.tables(root, "users") {
             self.known_keys(t, &path, &["username", "password", "ha1", "ha1_sha256", "numbers", "aliases", "contacts"]);
             let username = self.required_string(t, &path, "username").unwrap_or_default();
             if !username.is_empty() && !username.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/".contains(&b)) {
                 self.issue(&format!("{path}.username"), "must be a SIP user part (letters, digits, -_.!~*'()&=+$,;?/)", Some(&Value::String(username.clone())));
             }
-            if out.iter().any(|u| u.username == username) {
+            // A set, not a scan: a registrar may have hundreds of thousands of users.
+            if !usernames.insert(username.clone()) {
                 self.issue(&format!("{path}.username"), "duplicates another user", Some(&Value::String(username.clone())));
             }
             let ha1 = |r: &mut Self, key: &str, len: usize, what: &str| {
