@@ -14,6 +14,10 @@ use std::net::IpAddr;
 /// The routing tables built from the config.
 pub struct Router {
     users: Vec<User>,
+    /// Indexes into `users` (a registrar may hold hundreds of thousands): by username or alias,
+    /// and by number as configured and in E.164.
+    by_name: std::collections::HashMap<String, usize>,
+    by_number: std::collections::HashMap<String, usize>,
     carriers: Vec<Carrier>,
     /// Per carrier: false after its OPTIONS probe went unanswered, until one is answered.
     up: Vec<bool>,
@@ -32,11 +36,32 @@ pub enum Called<'a> {
 
 impl Router {
     pub fn new(cfg: &Config) -> Router {
-        Router { users: cfg.users.clone(), carriers: cfg.carriers.clone(), up: vec![true; cfg.carriers.len()], numbering: cfg.routing.clone() }
+        let mut r = Router {
+            users: cfg.users.clone(),
+            by_name: Default::default(),
+            by_number: Default::default(),
+            carriers: cfg.carriers.clone(),
+            up: vec![true; cfg.carriers.len()],
+            numbering: cfg.routing.clone(),
+        };
+        // The config refuses a name or number that reaches two users; first wins regardless.
+        for (i, u) in r.users.iter().enumerate() {
+            for name in std::iter::once(&u.username).chain(&u.aliases) {
+                r.by_name.entry(name.clone()).or_insert(i);
+            }
+        }
+        for (i, u) in r.users.iter().enumerate() {
+            for n in &u.numbers {
+                r.by_number.entry(n.clone()).or_insert(i);
+                let e164 = r.normalise(n);
+                r.by_number.entry(e164).or_insert(i);
+            }
+        }
+        r
     }
 
     pub fn user(&self, username: &str) -> Option<&User> {
-        self.users.iter().find(|u| u.username == username)
+        self.by_name.get(username).map(|&i| &self.users[i]).filter(|u| u.username == username)
     }
 
     pub fn carriers(&self) -> &[Carrier] {
@@ -77,14 +102,13 @@ impl Router {
     /// Who a Request-URI user part names: a username, an alias, or one of a user's numbers (as
     /// dialled or normalised); otherwise the number it is.
     pub fn called(&self, user_part: &str) -> Called<'_> {
-        if let Some(u) = self.users.iter().find(|u| u.username == user_part || u.aliases.iter().any(|a| a == user_part)) {
-            return Called::User(u);
+        if let Some(&i) = self.by_name.get(user_part) {
+            return Called::User(&self.users[i]);
         }
         let Some(dialled) = Self::digits(user_part) else { return Called::Unknown };
         let e164 = self.normalise(&dialled);
-        let hit = self.users.iter().find(|u| u.numbers.iter().any(|n| *n == dialled || self.normalise(n) == e164));
-        match hit {
-            Some(u) => Called::User(u),
+        match self.by_number.get(&dialled).or_else(|| self.by_number.get(&e164)) {
+            Some(&i) => Called::User(&self.users[i]),
             None => Called::Number(e164),
         }
     }
