@@ -41,8 +41,12 @@ impl Server {
         // Durable state first: a store that cannot be opened must stop the start, before any
         // phone is told 200.
         let nonce_key = nonce_key(&cfg.state_dir)?;
-        let mut store = crate::registrar::store::RedbStore::open(&cfg.state_dir.join("bindings.redb"))?;
-        let (stored, unreadable) = crate::registrar::store::BindingStore::load(&mut store)?;
+        use crate::registrar::store::{BindingStore, LogStore, RedbStore};
+        let mut store: Box<dyn BindingStore> = match cfg.store {
+            crate::config::StoreKind::Log => Box::new(LogStore::open(&cfg.state_dir.join("bindings.log"))?),
+            crate::config::StoreKind::Redb => Box::new(RedbStore::open(&cfg.state_dir.join("bindings.redb"))?),
+        };
+        let (stored, unreadable) = store.load()?;
         if unreadable > 0 {
             tracing::warn!(unreadable, "registration store: records skipped that could not be read");
         }
@@ -95,7 +99,7 @@ impl Server {
         engine.load_bindings(std::time::Instant::now(), stored);
         let engine_stats = Arc::new(Mutex::new(Stats::default()));
         let store_counters = Arc::new(crate::driver::StoreCounters::default());
-        let (store_queue, started) = crate::driver::start_store(Box::new(store), store_counters.clone());
+        let (store_queue, started) = crate::driver::start_store(store, store_counters.clone());
         let io = crate::driver::Io {
             udp: udp_sockets,
             tcp_table: tcp_table.clone(),

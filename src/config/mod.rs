@@ -118,6 +118,15 @@ pub struct AuthConfig {
     pub ban_secs: u64,
 }
 
+/// Which registration store (`[state] store`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    /// `bindings.log`: append-only log with snapshots (the default; fastest commits).
+    Log,
+    /// `bindings.redb`: redb's B-tree database.
+    Redb,
+}
+
 /// How the registrar keeps NAT bindings open and checks that a flow still answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeepaliveKind {
@@ -316,6 +325,7 @@ pub struct Config {
     /// Where durable state lives (the registration store, the nonce key). Unset in the file:
     /// `$STATE_DIRECTORY` (systemd's StateDirectory), else `./sixgate-state`.
     pub state_dir: std::path::PathBuf,
+    pub store: StoreKind,
     pub log_level: String,
 }
 
@@ -563,7 +573,7 @@ impl Reader {
         let registrar = self.registrar(root, &limits);
         let state_t = self.section(root, "state");
         if let Some(t) = state_t {
-            self.known_keys(t, "state", &["dir"]);
+            self.known_keys(t, "state", &["dir", "store"]);
         }
         let state_dir = match self.string(state_t, "state", "dir") {
             Some(d) if d.is_empty() => {
@@ -577,6 +587,15 @@ impl Reader {
                 .unwrap_or_else(|| "sixgate-state".into()),
         };
 
+        let store = match self.string(state_t, "state", "store").as_deref() {
+            None | Some("log") => StoreKind::Log,
+            Some("redb") => StoreKind::Redb,
+            Some(other) => {
+                self.issue("state.store", "must be \"log\" or \"redb\"", Some(&Value::String(other.into())));
+                StoreKind::Log
+            }
+        };
+
         let log_t = self.section(root, "log");
         if let Some(t) = log_t {
             self.known_keys(t, "log", &["level"]);
@@ -586,7 +605,7 @@ impl Reader {
             self.issue("log.level", "must be one of error, warn, info, debug, trace", Some(&Value::String(log_level.clone())));
         }
 
-        Config { sip: SipConfig { domains, server_header }, listen, advertise, limits, timers, auth, routing, users, carriers, dns, registrar, state_dir, log_level }
+        Config { sip: SipConfig { domains, server_header }, listen, advertise, limits, timers, auth, routing, users, carriers, dns, registrar, state_dir, store, log_level }
     }
 
     fn registrar(&mut self, root: &Table, limits: &Limits) -> RegistrarConfig {
