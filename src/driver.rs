@@ -156,11 +156,15 @@ pub fn start_store(store: Box<dyn BindingStore>, counters: Arc<StoreCounters>) -
     (tx, Started { feedback: (fb_tx, fb_rx) })
 }
 
+/// Messages taken from the transports' channel per wake-up of the owner task.
+const BATCH: usize = 64;
+
 /// Runs the engine until the message channel closes.
 pub async fn run(mut engine: Engine, mut messages: mpsc::Receiver<Delivery>, io: Io, started: Started) {
     let (fb_tx, mut feedback) = started.feedback;
     engine.start(Instant::now().into_std());
     let mut last_export = Instant::now();
+    let mut batch = Vec::with_capacity(BATCH);
     loop {
         drain(&mut engine, &io, &fb_tx);
         if last_export.elapsed() >= Duration::from_secs(1) {
@@ -179,11 +183,20 @@ pub async fn run(mut engine: Engine, mut messages: mpsc::Receiver<Delivery>, io:
             }
         };
         tokio::select! {
-            m = messages.recv() => match m {
-                Some(Delivery::Message(msg, from)) => engine.handle(Instant::now().into_std(), Input::Received { msg, from }),
-                Some(Delivery::Closed(f)) => engine.handle(Instant::now().into_std(), Input::FlowClosed { transport: f.transport, local: f.local, remote: f.remote }),
-                None => return,
-            },
+            n = messages.recv_many(&mut batch, BATCH) => {
+                if n == 0 {
+                    return;
+                }
+                // Everything queued at this moment, with one clock reading: under load the
+                // owner task wakes once per batch, not once per datagram.
+                let now = Instant::now().into_std();
+                for d in batch.drain(..) {
+                    match d {
+                        Delivery::Message(msg, from) => engine.handle(now, Input::Received { msg, from }),
+                        Delivery::Closed(f) => engine.handle(now, Input::FlowClosed { transport: f.transport, local: f.local, remote: f.remote }),
+                    }
+                }
+            }
             Some(f) = feedback.recv() => {
                 let now = Instant::now().into_std();
                 match f {
