@@ -1,0 +1,60 @@
+# Shell helpers shared by the load scripts (benches/proxy_load.sh, benches/register_load.sh):
+# process bookkeeping, port checks and CPU sampling of a process tree. Sourced, not run; expects
+# PIDS (an array of our background pids) and HZ (getconf CLK_TCK) from the script.
+# shellcheck shell=bash
+
+forget_pid() { local p keep=(); for p in "${PIDS[@]}"; do [ "$p" != "$1" ] && keep+=("$p"); done; PIDS=("${keep[@]}"); }
+
+stop() {  # stop one of our processes (TERM, then KILL after 3 s) and reap it
+    local pid=$1
+    kill -TERM "$pid" 2>/dev/null
+    for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    forget_pid "$pid"
+}
+
+show_cmd() { printf '  $'; printf ' %q' "$@"; printf '\n'; }
+
+udp_bound() {  # udp_bound ADDR PORT: is a UDP socket bound there?
+    ss -Hlun 2>/dev/null | awk -v a="$1:$2" '$4 == a { f = 1 } END { exit !f }'
+}
+
+port_free() { ! ss -Hlun 2>/dev/null | awk -v p="$1" '{ n = split($4, x, ":"); if (x[n] == p) f = 1 } END { exit !f }'; }
+
+# CPU sample of PID and all its descendants (one pass over /proc for the tree): a line per
+# process, "pid ticks tid=ns tid=ns ...": utime+stime in CLK_TCK ticks (whole thread group, dead
+# threads included) and each live thread's on-CPU nanoseconds (/proc/PID/task/TID/schedstat).
+cpu_sample() {
+    local pid t f tid ns rest
+    cat /proc/[0-9]*/stat 2>/dev/null | awk -v root="$1" '
+        { pid = $1; s = $0; sub(/^.*\) /, "", s); split(s, f, " ")
+          ppid[pid] = f[2]; t[pid] = f[12] + f[13] }
+        END { if (!(root in t)) exit; in_tree[root] = 1; changed = 1
+              while (changed) { changed = 0
+                  for (p in ppid) if (!(p in in_tree) && (ppid[p] in in_tree)) { in_tree[p] = 1; changed = 1 } }
+              for (p in in_tree) print p, t[p] }' |
+    while read -r pid t; do
+        printf '%s %s' "$pid" "$t"
+        for f in /proc/"$pid"/task/*/schedstat; do
+            tid=${f#/proc/"$pid"/task/}; tid=${tid%/schedstat}
+            read -r ns rest < "$f" 2>/dev/null && printf ' %s=%s' "$tid" "$ns"
+        done
+        echo
+    done
+}
+# CPU seconds between two samples. Per process: the nanosecond sum over its threads when every
+# thread of the first sample is still alive (new threads count whole), else the tick difference;
+# a process born in between counts whole.
+cpu_delta() {
+    awk -v hz="$HZ" '
+        NR == FNR { n = split($0, a, " "); p = a[1]; t0[p] = a[2]; s0[p] = 0; k0[p] = ""
+                    for (i = 3; i <= n; i++) { split(a[i], kv, "="); s0[p] += kv[2]; k0[p] = k0[p] " " kv[1] }
+                    next }
+        { n = split($0, a, " "); p = a[1]; s1 = 0; delete alive
+          for (i = 3; i <= n; i++) { split(a[i], kv, "="); s1 += kv[2]; alive[kv[1]] = 1 }
+          if (!(p in t0)) { total += s1 / 1e9; next }
+          ok = 1; m = split(k0[p], old, " "); for (i = 1; i <= m; i++) if (!(old[i] in alive)) ok = 0
+          total += ok ? (s1 - s0[p]) / 1e9 : (a[2] - t0[p]) / hz }
+        END { printf "%.4f", total + 0 }' "$1" "$2"
+}
