@@ -60,6 +60,11 @@ impl Engine {
                 return;
             }
         };
+        if self.servers.len() >= self.limits.max_transactions {
+            // Each accepted REGISTER holds a transaction for Timer J: the same cap as calls.
+            self.answer_stateless(&msg, from, 503, "Service Unavailable (transaction limit)", &[("Retry-After", "5".into())]);
+            return;
+        }
         let flow = Flow { transport: from.transport, local: from.local, remote: from.remote };
         let unix = self.unix_now(now);
         let outcome = RegisterRequest::decode(&msg, &aor, flow).and_then(|req| self.registrar.register(&req, unix));
