@@ -86,6 +86,8 @@ enum RecordRef<'a> {
     D(&'a str),
 }
 
+// Read once per record at load and dropped at once: boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(serde::Deserialize)]
 enum Record {
     P(Binding),
