@@ -22,6 +22,8 @@ pub enum StartError {
     State { path: String, reason: String },
     #[error(transparent)]
     Store(#[from] crate::registrar::store::StoreError),
+    #[error("media: cannot start the RTP relay: {0}")]
+    Relay(#[from] sixgate_relay::Error),
 }
 
 /// A running sixgate: its listeners are bound; dropping the handle stops nothing, `shutdown` does.
@@ -32,6 +34,9 @@ pub struct Server {
     /// The engine's counters, refreshed by the driver about once a second.
     pub engine_stats: Arc<Mutex<Stats>>,
     pub store_counters: Arc<crate::driver::StoreCounters>,
+    /// The RTP relay (`[media]`), unless media is never relayed.
+    pub relay: Option<Arc<sixgate_relay::Relay>>,
+    relay_events: Arc<RelayEventCounters>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -51,6 +56,16 @@ impl Server {
             tracing::warn!(unreadable, "registration store: records skipped that could not be read");
         }
         tracing::info!(bindings = stored.len(), dir = %cfg.state_dir.display(), "registration store loaded");
+        // The relay binds no port until a call needs one; starting it checks the config and the
+        // engine (io_uring, else epoll) before the first call.
+        let relay_events = Arc::new(RelayEventCounters::default());
+        let mut relay = None;
+        if let Some(rc) = crate::media::relay_config(&cfg.media) {
+            let (r, events) = sixgate_relay::Relay::start(rc)?;
+            tracing::info!(engine = ?r.engine(), v6 = ?cfg.media.ipv6, v4 = ?cfg.media.ipv4, "RTP relay started");
+            drain_relay_events(events, relay_events.clone());
+            relay = Some(Arc::new(r));
+        }
         let metrics = Arc::new(Metrics::default());
         let core = Arc::new(Core::new(cfg, metrics));
         let tcp_table = Arc::new(tcp::ConnectionTable::default());
@@ -111,7 +126,7 @@ impl Server {
             store: store_queue,
         };
         tasks.push(tokio::spawn(crate::driver::run(engine, messages, io, started)));
-        Ok(Server { core, tcp_table, bound, engine_stats, store_counters, tasks })
+        Ok(Server { core, tcp_table, bound, engine_stats, store_counters, relay, relay_events, tasks })
     }
 
     /// Every counter (transports and engine) in Prometheus text format.
@@ -125,6 +140,14 @@ impl Server {
         out.push_str(&format!("sixgate_store_commits_total {}\n", c.commits.load(Relaxed)));
         out.push_str(&format!("sixgate_store_changes_total {}\n", c.changes.load(Relaxed)));
         out.push_str(&format!("sixgate_store_commit_failures_total {}\n", c.failures.load(Relaxed)));
+        if let Some(r) = &self.relay {
+            out.push_str(&format!("sixgate_relay_sessions {}\n", r.session_count()));
+            out.push_str(&format!("sixgate_relay_events_dropped_total {}\n", r.events_dropped()));
+            let e = &self.relay_events;
+            for (kind, n) in [("first_packet", &e.first_packet), ("latched", &e.latched), ("relatched", &e.relatched), ("media_timeout", &e.media_timeout), ("closed", &e.closed)] {
+                out.push_str(&format!("sixgate_relay_events_total{{kind=\"{kind}\"}} {}\n", n.load(Relaxed)));
+            }
+        }
         out
     }
 
@@ -152,6 +175,55 @@ fn random_seed() -> (u64, [u8; 32]) {
     let mut nonce_key = [0u8; 32];
     nonce_key.copy_from_slice(&key[8..]);
     (u64::from_le_bytes(key[..8].try_into().unwrap_or([0; 8])), nonce_key)
+}
+
+/// Relay events seen, by kind.
+#[derive(Default)]
+struct RelayEventCounters {
+    first_packet: std::sync::atomic::AtomicU64,
+    latched: std::sync::atomic::AtomicU64,
+    relatched: std::sync::atomic::AtomicU64,
+    media_timeout: std::sync::atomic::AtomicU64,
+    closed: std::sync::atomic::AtomicU64,
+}
+
+/// Drains the relay's event stream on its own thread (the stream is not `Sync`, so it cannot
+/// sit in a tokio task) for as long as the process runs: logs and counts the events. Binding
+/// them to dialogs (ending a call on media timeout, per-call stats) comes with the SDP
+/// hand-off in the engine.
+fn drain_relay_events(events: sixgate_relay::EventStream, counters: Arc<RelayEventCounters>) {
+    use sixgate_relay::Event;
+    use std::sync::atomic::Ordering::Relaxed;
+    let spawned = std::thread::Builder::new().name("sixgate-relay-events".into()).spawn(move || loop {
+        let asked = std::time::Instant::now();
+        let Some(e) = events.recv_timeout(std::time::Duration::from_secs(1)) else {
+            // A timeout takes the full second; an immediate None means the relay is gone.
+            if asked.elapsed() < std::time::Duration::from_millis(500) {
+                tracing::warn!("the relay's event stream closed");
+                return;
+            }
+            continue;
+        };
+        match e {
+            Event::FirstPacket { .. } => counters.first_packet.fetch_add(1, Relaxed),
+            Event::Latched { session, leg, peer, .. } => {
+                tracing::debug!(session = session.0, ?leg, %peer, "relay leg latched");
+                counters.latched.fetch_add(1, Relaxed)
+            }
+            Event::Relatched { session, leg, from, to, .. } => {
+                tracing::info!(session = session.0, ?leg, %from, %to, "relay leg re-latched");
+                counters.relatched.fetch_add(1, Relaxed)
+            }
+            Event::MediaTimeout { session, leg } => {
+                tracing::info!(session = session.0, ?leg, "relay: no media on a leg (media timeout)");
+                counters.media_timeout.fetch_add(1, Relaxed)
+            }
+            Event::Closed { .. } => counters.closed.fetch_add(1, Relaxed),
+        };
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the relay event thread");
+    }
 }
 
 /// The key of our digest nonces, kept in `state_dir/nonce.key` (created 0600 on first start):
@@ -196,5 +268,42 @@ pub async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn free_port() -> u16 {
+        std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).unwrap_or(15999)
+    }
+
+    fn config(extra: &str, state: &std::path::Path) -> Config {
+        Config::from_toml(&format!(
+            "[sip]\ndomains = [\"localhost\"]\n[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1\"\nport = 0\n\
+             [state]\ndir = \"{}\"\n{extra}",
+            state.display()
+        ).replace("port = 0", &format!("port = {}", free_port())))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_relay_starts_with_the_server_unless_media_is_never_relayed() {
+        let dir = std::env::temp_dir().join(format!("sixgate-server-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = Server::start(&config("", &dir.join("a"))).await.unwrap();
+        let relay = s.relay.clone().expect("relay started from [media]");
+        assert_eq!(relay.session_count(), 0);
+        assert!(s.render_metrics().contains("sixgate_relay_sessions 0\n"));
+        s.shutdown();
+        let s = Server::start(&config("[media]\nrelay = \"never\"\n", &dir.join("b"))).await.unwrap();
+        assert!(s.relay.is_none());
+        assert!(!s.render_metrics().contains("sixgate_relay_"));
+        s.shutdown();
+        // A bad range is refused at start, naming the problem.
+        let bad = Config::from_toml("[sip]\ndomains = [\"x\"]\n[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1\"\nport = 0\n[media]\nports_v4 = [40001, 40001]\n");
+        assert!(bad.unwrap_err().to_string().contains("media.ports_v4"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -118,6 +118,34 @@ pub struct AuthConfig {
     pub ban_secs: u64,
 }
 
+/// When media goes through the relay (`[media] relay`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayMode {
+    /// When the legs' families differ or a leg is behind NAT.
+    Auto,
+    Always,
+    Never,
+}
+
+/// `[media]`: the RTP relay started inside `sixgate run`.
+#[derive(Clone, Debug)]
+pub struct MediaConfig {
+    pub relay: RelayMode,
+    /// The relay's address per family (default: `[advertise]` of that family); none = that
+    /// family's legs cannot be relayed.
+    pub ipv6: Option<Ipv6Addr>,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ports_v6: (u16, u16),
+    pub ports_v4: (u16, u16),
+    /// "auto", "io_uring" or "epoll".
+    pub engine: String,
+    pub cpus: Vec<usize>,
+    /// No packet on a leg for this long ends the call (0: never).
+    pub media_timeout_secs: u64,
+    /// On a media timeout: BYE both sides (true) or only log it.
+    pub end_call_on_timeout: bool,
+}
+
 /// Which registration store (`[state] store`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreKind {
@@ -326,6 +354,7 @@ pub struct Config {
     /// `$STATE_DIRECTORY` (systemd's StateDirectory), else `./sixgate-state`.
     pub state_dir: std::path::PathBuf,
     pub store: StoreKind,
+    pub media: MediaConfig,
     pub log_level: String,
 }
 
@@ -467,7 +496,7 @@ impl Reader {
     }
 
     fn config(&mut self, root: &Table) -> Config {
-        self.known_keys(root, "", &["sip", "listen", "advertise", "limits", "timers", "auth", "routing", "users", "carriers", "dns", "log", "registrar", "state"]);
+        self.known_keys(root, "", &["sip", "listen", "advertise", "limits", "timers", "auth", "routing", "users", "carriers", "dns", "log", "registrar", "state", "media"]);
 
         let sip_t = self.section(root, "sip");
         if let Some(t) = sip_t {
@@ -596,6 +625,8 @@ impl Reader {
             }
         };
 
+        let media = self.media(root, &advertise);
+
         let log_t = self.section(root, "log");
         if let Some(t) = log_t {
             self.known_keys(t, "log", &["level"]);
@@ -605,7 +636,93 @@ impl Reader {
             self.issue("log.level", "must be one of error, warn, info, debug, trace", Some(&Value::String(log_level.clone())));
         }
 
-        Config { sip: SipConfig { domains, server_header }, listen, advertise, limits, timers, auth, routing, users, carriers, dns, registrar, state_dir, store, log_level }
+        Config { sip: SipConfig { domains, server_header }, listen, advertise, limits, timers, auth, routing, users, carriers, dns, registrar, state_dir, store, media, log_level }
+    }
+
+    fn media(&mut self, root: &Table, advertise: &Advertise) -> MediaConfig {
+        let t = self.section(root, "media");
+        if let Some(t) = t {
+            self.known_keys(t, "media", &["relay", "ipv6", "ipv4", "ports_v6", "ports_v4", "engine", "cpus", "media_timeout_secs", "end_call_on_timeout"]);
+        }
+        let relay = match self.string(t, "media", "relay").as_deref() {
+            None | Some("auto") => RelayMode::Auto,
+            Some("always") => RelayMode::Always,
+            Some("never") => RelayMode::Never,
+            Some(other) => {
+                self.issue("media.relay", "must be \"auto\", \"always\" or \"never\"", Some(&Value::String(other.into())));
+                RelayMode::Auto
+            }
+        };
+        let ipv6 = match self.ip(t, "media", "ipv6") {
+            Some(IpAddr::V6(a)) if !a.is_unspecified() => Some(a),
+            Some(a) => {
+                self.issue("media.ipv6", "must be a specific IPv6 address", Some(&Value::String(a.to_string())));
+                None
+            }
+            None => advertise.ipv6,
+        };
+        let ipv4 = match self.ip(t, "media", "ipv4") {
+            Some(IpAddr::V4(a)) if !a.is_unspecified() => Some(a),
+            Some(a) => {
+                self.issue("media.ipv4", "must be a specific IPv4 address", Some(&Value::String(a.to_string())));
+                None
+            }
+            None => advertise.ipv4,
+        };
+        let range = |r: &mut Self, key: &str| -> (u16, u16) {
+            match t.and_then(|t| t.get(key)) {
+                None => (30000, 39999),
+                Some(Value::Array(a)) if a.len() == 2 => match (a[0].as_integer(), a[1].as_integer()) {
+                    (Some(lo), Some(hi)) if (1024..=65535).contains(&lo) && (lo..=65535).contains(&hi) && hi - lo >= 1 => (lo as u16, hi as u16),
+                    _ => {
+                        r.issue(&format!("media.{key}"), "must be [low, high] with 1024 <= low < high <= 65535", Some(&Value::Array(a.clone())));
+                        (30000, 39999)
+                    }
+                },
+                Some(v) => {
+                    r.issue(&format!("media.{key}"), "must be [low, high]", Some(v));
+                    (30000, 39999)
+                }
+            }
+        };
+        let ports_v6 = range(self, "ports_v6");
+        let ports_v4 = range(self, "ports_v4");
+        let engine = self.string(t, "media", "engine").unwrap_or_else(|| "auto".into());
+        if !["auto", "io_uring", "epoll"].contains(&engine.as_str()) {
+            self.issue("media.engine", "must be \"auto\", \"io_uring\" or \"epoll\"", Some(&Value::String(engine.clone())));
+        }
+        let mut cpus = Vec::new();
+        match t.and_then(|t| t.get("cpus")) {
+            None => {}
+            Some(Value::Array(a)) => {
+                for (i, v) in a.iter().enumerate() {
+                    match v.as_integer() {
+                        Some(n) if (0..=4095).contains(&n) => cpus.push(n as usize),
+                        _ => self.issue(&format!("media.cpus[{i}]"), "must be a CPU number 0..=4095", Some(v)),
+                    }
+                }
+            }
+            Some(v) => self.issue("media.cpus", "must be an array of CPU numbers", Some(v)),
+        }
+        let end_call_on_timeout = match t.and_then(|t| t.get("end_call_on_timeout")) {
+            None => true,
+            Some(Value::Boolean(b)) => *b,
+            Some(v) => {
+                self.issue("media.end_call_on_timeout", "must be true or false", Some(v));
+                true
+            }
+        };
+        MediaConfig {
+            relay,
+            ipv6,
+            ipv4,
+            ports_v6,
+            ports_v4,
+            engine,
+            cpus,
+            media_timeout_secs: self.int(t, "media", "media_timeout_secs", 0..=86_400).unwrap_or(60) as u64,
+            end_call_on_timeout,
+        }
     }
 
     fn registrar(&mut self, root: &Table, limits: &Limits) -> RegistrarConfig {
