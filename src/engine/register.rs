@@ -104,10 +104,8 @@ impl Engine {
         let sid = self.id();
         self.server_index.insert(key.clone(), sid);
         self.servers.insert(sid, ServerEntry { txn: ServerTxn::new(Kind::NonInvite, from.transport == TransportKind::Tcp), key, request: Some(msg), from, reply, ctx: None });
-        if applied.changes.is_empty() {
-            self.send_response(now, sid, 200, bytes);
-            return;
-        }
+        // Even a 200 that changes nothing (a query) goes through the store's queue: it is FIFO,
+        // so the answer cannot list a binding whose commit is still under way.
         let id = self.id();
         self.pending_replies.insert(id, PendingReply { sid, bytes });
         self.out.push_back(Output::Store { id, changes: applied.changes });
