@@ -22,6 +22,8 @@ pub enum StartError {
     State { path: String, reason: String },
     #[error(transparent)]
     Store(#[from] crate::registrar::store::StoreError),
+    #[error("metrics.listen {addr}: cannot bind: {source}")]
+    Metrics { addr: SocketAddr, source: std::io::Error },
     #[error("media: cannot start the RTP relay: {0}")]
     Relay(#[from] sixgate_relay::Error),
 }
@@ -37,6 +39,8 @@ pub struct Server {
     /// The RTP relay (`[media]`), unless media is never relayed.
     pub relay: Option<Arc<sixgate_relay::Relay>>,
     relay_events: Arc<RelayEventCounters>,
+    /// Where `GET /metrics` is served (`[metrics] listen`), if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -126,11 +130,54 @@ impl Server {
             store: store_queue,
         };
         tasks.push(tokio::spawn(crate::driver::run(engine, messages, io, started)));
-        Ok(Server { core, tcp_table, bound, engine_stats, store_counters, relay, relay_events, tasks })
+        let mut server = Server { core, tcp_table, bound, engine_stats, store_counters, relay, relay_events, tasks, metrics_addr: None };
+        if let Some(addr) = cfg.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Metrics { addr, source })?;
+            let bound = listener.local_addr().map_err(|source| StartError::Metrics { addr, source })?;
+            tracing::info!(%bound, "Prometheus metrics on http://{bound}/metrics");
+            server.metrics_addr = Some(bound);
+            let source = server.metrics_source();
+            server.tasks.push(tokio::spawn(serve_metrics(listener, source)));
+        }
+        Ok(server)
     }
 
     /// Every counter (transports and engine) in Prometheus text format.
     pub fn render_metrics(&self) -> String {
+        self.metrics_source().render()
+    }
+
+    fn metrics_source(&self) -> MetricsSource {
+        MetricsSource {
+            core: self.core.clone(),
+            engine_stats: self.engine_stats.clone(),
+            store_counters: self.store_counters.clone(),
+            relay: self.relay.clone(),
+            relay_events: self.relay_events.clone(),
+        }
+    }
+
+    pub fn shutdown(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Everything the counters are read from (cheap to clone: shared handles).
+#[derive(Clone)]
+struct MetricsSource {
+    core: Arc<Core>,
+    engine_stats: Arc<Mutex<Stats>>,
+    store_counters: Arc<crate::driver::StoreCounters>,
+    relay: Option<Arc<sixgate_relay::Relay>>,
+    relay_events: Arc<RelayEventCounters>,
+}
+
+impl MetricsSource {
+    /// Every counter and gauge in the Prometheus text format (0.0.4), with a `# TYPE` line per
+    /// family: `_total` names are counters, the others gauges.
+    fn render(&self) -> String {
         let mut out = self.core.metrics.render();
         if let Ok(s) = self.engine_stats.lock() {
             out.push_str(&s.render());
@@ -148,13 +195,65 @@ impl Server {
                 out.push_str(&format!("sixgate_relay_events_total{{kind=\"{kind}\"}} {}\n", n.load(Relaxed)));
             }
         }
-        out
+        with_types(&out)
     }
+}
 
-    pub fn shutdown(self) {
-        for t in self.tasks {
-            t.abort();
+/// Adds `# TYPE family counter|gauge` before the first sample of each family.
+fn with_types(samples: &str) -> String {
+    let mut out = String::with_capacity(samples.len() * 2);
+    let mut last = "";
+    for line in samples.lines() {
+        let family = line.split(['{', ' ']).next().unwrap_or("");
+        if family != last {
+            let kind = if family.ends_with("_total") { "counter" } else { "gauge" };
+            out.push_str(&format!("# TYPE {family} {kind}\n"));
+            last = family;
         }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Serves `GET /metrics` on `listener` (HTTP/1.0-style: one request per connection). Anything
+/// else gets 404; a request head over 8 KiB or slower than 5 s is dropped.
+async fn serve_metrics(listener: tokio::net::TcpListener, source: MetricsSource) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let source = source.clone();
+        tokio::spawn(async move {
+            let mut head = Vec::with_capacity(512);
+            let mut buf = [0u8; 1024];
+            let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                true
+            })
+            .await;
+            if !matches!(read, Ok(true)) {
+                return;
+            }
+            let (status, body) = if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?") {
+                ("200 OK", source.render())
+            } else {
+                ("404 Not Found", "not found: try GET /metrics\n".to_string())
+            };
+            let reply = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(reply.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
     }
 }
 
@@ -304,6 +403,54 @@ mod tests {
         // A bad range is refused at start, naming the problem.
         let bad = Config::from_toml("[sip]\ndomains = [\"x\"]\n[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1\"\nport = 0\n[media]\nports_v4 = [40001, 40001]\n");
         assert!(bad.unwrap_err().to_string().contains("media.ports_v4"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    async fn http_get(addr: SocketAddr, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn prometheus_scrapes_well_formed_text_on_loopback_only() {
+        let dir = std::env::temp_dir().join(format!("sixgate-metrics-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let port = free_port();
+        let s = Server::start(&config(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"), &dir)).await.unwrap();
+        let addr = s.metrics_addr.expect("metrics listener");
+        let reply = http_get(addr, "/metrics").await;
+        let (head, body) = reply.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK") && head.contains("text/plain; version=0.0.4"), "{head}");
+        // The text format: a TYPE line before each family's samples, then `name{labels} value`.
+        let mut typed = std::collections::HashMap::new();
+        let mut samples = 0;
+        for line in body.lines() {
+            if let Some(t) = line.strip_prefix("# TYPE ") {
+                let (family, kind) = t.split_once(' ').unwrap();
+                assert!(typed.insert(family.to_string(), kind.to_string()).is_none(), "family typed twice: {family}");
+                assert_eq!(kind == "counter", family.ends_with("_total"), "{line}");
+                continue;
+            }
+            let (name_labels, value) = line.rsplit_once(' ').unwrap();
+            let family = name_labels.split('{').next().unwrap();
+            assert!(family.starts_with("sixgate_") && family.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'), "{line}");
+            assert!(typed.contains_key(family), "no TYPE before {line}");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+            if let Some(labels) = name_labels.strip_prefix(family) {
+                assert!(labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}') && labels.contains("=\"")), "{line}");
+            }
+            samples += 1;
+        }
+        assert!(samples > 10 && typed.contains_key("sixgate_relay_sessions") && typed.contains_key("sixgate_store_commits_total"), "{body}");
+        assert!(http_get(addr, "/").await.starts_with("HTTP/1.1 404"));
+        s.shutdown();
+        // Only loopback: the counters say who calls whom.
+        let bad = Config::from_toml("[sip]\ndomains = [\"x\"]\n[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1\"\nport = 5060\n[metrics]\nlisten = \"0.0.0.0:9464\"\n");
+        assert!(bad.unwrap_err().to_string().contains("metrics.listen: must be a loopback address"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -355,6 +355,9 @@ pub struct Config {
     pub state_dir: std::path::PathBuf,
     pub store: StoreKind,
     pub media: MediaConfig,
+    /// `[metrics] listen`: where Prometheus scrapes `GET /metrics` (a loopback address; none:
+    /// no HTTP listener).
+    pub metrics_listen: Option<SocketAddr>,
     pub log_level: String,
 }
 
@@ -496,7 +499,7 @@ impl Reader {
     }
 
     fn config(&mut self, root: &Table) -> Config {
-        self.known_keys(root, "", &["sip", "listen", "advertise", "limits", "timers", "auth", "routing", "users", "carriers", "dns", "log", "registrar", "state", "media"]);
+        self.known_keys(root, "", &["sip", "listen", "advertise", "limits", "timers", "auth", "routing", "users", "carriers", "dns", "log", "registrar", "state", "media", "metrics"]);
 
         let sip_t = self.section(root, "sip");
         if let Some(t) = sip_t {
@@ -626,6 +629,25 @@ impl Reader {
         };
 
         let media = self.media(root, &advertise);
+        let metrics_t = self.section(root, "metrics");
+        if let Some(t) = metrics_t {
+            self.known_keys(t, "metrics", &["listen"]);
+        }
+        let metrics_listen = match self.string(metrics_t, "metrics", "listen") {
+            None => None,
+            Some(s) => match s.parse::<SocketAddr>() {
+                // Counters tell who calls whom and how much: only for this host.
+                Ok(a) if a.ip().is_loopback() && a.port() != 0 => Some(a),
+                Ok(_) => {
+                    self.issue("metrics.listen", "must be a loopback address with a port (127.0.0.1:9464 or [::1]:9464)", Some(&Value::String(s)));
+                    None
+                }
+                Err(_) => {
+                    self.issue("metrics.listen", "must be \"ip:port\" (IPv6 as [addr]:port)", Some(&Value::String(s)));
+                    None
+                }
+            },
+        };
 
         let log_t = self.section(root, "log");
         if let Some(t) = log_t {
@@ -636,7 +658,7 @@ impl Reader {
             self.issue("log.level", "must be one of error, warn, info, debug, trace", Some(&Value::String(log_level.clone())));
         }
 
-        Config { sip: SipConfig { domains, server_header }, listen, advertise, limits, timers, auth, routing, users, carriers, dns, registrar, state_dir, store, media, log_level }
+        Config { sip: SipConfig { domains, server_header }, listen, advertise, limits, timers, auth, routing, users, carriers, dns, registrar, state_dir, store, media, metrics_listen, log_level }
     }
 
     fn media(&mut self, root: &Table, advertise: &Advertise) -> MediaConfig {
