@@ -58,3 +58,45 @@ cpu_delta() {
           total += ok ? (s1 - s0[p]) / 1e9 : (a[2] - t0[p]) / hz }
         END { printf "%.4f", total + 0 }' "$1" "$2"
 }
+
+now() { date +%s.%N; }
+
+reap_all() {  # TERM every process in PIDS, KILL what is left after 2 s, reap them all
+    local p
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+    for p in "${PIDS[@]}"; do
+        for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
+        kill -KILL "$p" 2>/dev/null
+        wait "$p" 2>/dev/null
+    done
+    PIDS=()
+}
+
+# Memory of PID and its descendants in KiB: the sum of their PSS (shared pages, e.g. Kamailio's
+# shared memory, divided among the processes that map them, so the sum counts them once).
+tree_pss_kb() {
+    local p total=0 kb
+    for p in $(cpu_sample "$1" | awk '{ print $1 }'); do
+        kb=$(awk '/^Pss:/ { print $2 }' "/proc/$p/smaps_rollup" 2>/dev/null)
+        total=$((total + ${kb:-0}))
+    done
+    echo "$total"
+}
+
+# The global part of a Kamailio config both load scripts write: quiet, forking with
+# KAMAILIO_CHILDREN workers per socket, UDP only, no DNS.
+kamailio_globals() {
+    cat <<EOF
+debug=0
+log_stderror=yes
+fork=yes
+children=$KAMAILIO_CHILDREN
+disable_tcp=yes
+auto_aliases=no
+dns=no
+rev_dns=no
+use_dns_cache=off
+sip_warning=0
+server_header="Server: kamailio"
+EOF
+}

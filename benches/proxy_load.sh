@@ -61,14 +61,7 @@ WORK=$(mktemp -d /tmp/proxy_load.XXXXXX)
 PIDS=()          # every process we started and have not reaped yet
 
 cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
-    for p in "${PIDS[@]}"; do
-        for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
-        kill -KILL "$p" 2>/dev/null
-        wait "$p" 2>/dev/null
-    done
-    PIDS=()
+    reap_all
     [ -s "$WORK/uac.pid" ] && kill -TERM "$(cat "$WORK/uac.pid")" 2>/dev/null
     if [ "${KEEP:-0}" = 1 ]; then echo "work directory kept: $WORK"; else rm -rf "$WORK"; fi
 }
@@ -79,18 +72,7 @@ trap 'exit 130' INT TERM
 # shellcheck source=benches/load_common.sh
 source "$ROOT/benches/load_common.sh"
 
-now() { date +%s.%N; }
 
-# Memory of PID and its descendants in MiB: the sum of their PSS (shared pages, e.g. Kamailio's
-# shared memory, divided among the processes that map them, so the sum counts them once).
-tree_pss_mb() {
-    local p total=0 kb
-    for p in $(cpu_sample "$1" | awk '{ print $1 }'); do
-        kb=$(awk '/^Pss:/ { print $2 }' "/proc/$p/smaps_rollup" 2>/dev/null)
-        total=$((total + ${kb:-0}))
-    done
-    echo $((total / 1024))
-}
 
 # ---------------------------------------------------------------- ports
 if [ -n "${PORT_BASE:-}" ]; then
@@ -111,17 +93,7 @@ write_kamailio_cfg() {
 #!KAMAILIO
 # written by benches/proxy_load.sh: stateful proxy, digest (407) with a fixed password for
 # alice (no database), +44 numbers to the IPv4 carrier UAS, Record-Route, loose routing.
-debug=0
-log_stderror=yes
-fork=yes
-children=$KAMAILIO_CHILDREN
-disable_tcp=yes
-auto_aliases=no
-dns=no
-rev_dns=no
-use_dns_cache=off
-sip_warning=0
-server_header="Server: kamailio"
+$(kamailio_globals)
 listen=udp:[::1]:$PPORT
 listen=udp:127.0.0.1:$PPORT
 
@@ -305,7 +277,7 @@ run_step() {  # run_step PROXY RATE
     t_uac=$(now)
     sleep "$SETTLE"
     cpu_sample "$PROXY_PID" > "$dir/proxy.cpu1"; cpu_sample "$uas_pid" > "$dir/uas.cpu1"; t1=$(now)
-    local mem; mem=$(tree_pss_mb "$PROXY_PID")
+    local mem; mem=$(( $(tree_pss_kb "$PROXY_PID") / 1024 ))
     stop "$uas_pid"
 
     # bash `times`, second line = children (sipp): "0m1.234s 0m0.056s"

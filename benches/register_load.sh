@@ -140,14 +140,8 @@ PIDS=()          # every process we started and have not reaped yet
 
 # shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
-    local p f
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
-    for p in "${PIDS[@]}"; do
-        for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
-        kill -KILL "$p" 2>/dev/null
-        wait "$p" 2>/dev/null
-    done
-    PIDS=()
+    local f
+    reap_all
     for f in "$WORK"/sipp.*.pid; do
         [ -s "$f" ] && kill -TERM "$(cat "$f")" 2>/dev/null
     done
@@ -177,7 +171,6 @@ host_source() { if [ -r "$CPUACCT" ]; then echo "cpuacct cgroup"; else echo "/pr
 host_busy_pct() { awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " ")
     if (y[2] > x[2]) printf "%.0f", (y[1] - x[1]) * 100 / (y[2] - x[2]); else print 0 }'; }
 
-now() { date +%s.%N; }
 
 # UDP datagrams dropped for a full receive buffer: the whole machine's (/proc/net/snmp
 # RcvbufErrors, IPv4 and IPv6) and those of the registrar's socket (ss skmem d).
@@ -187,15 +180,6 @@ udp_drops_all() {
 }
 udp_drops_port() { ss -Huamn "sport = :$1" 2>/dev/null | grep -o ',d[0-9]*)' | tr -dc '0-9\n' | awk '{ s += $1 } END { print s + 0 }'; }
 
-# Memory of PID and its descendants in KiB: the sum of their PSS.
-tree_pss_kb() {
-    local p total=0 kb
-    for p in $(cpu_sample "$1" | awk '{ print $1 }'); do
-        kb=$(awk '/^Pss:/ { print $2 }' "/proc/$p/smaps_rollup" 2>/dev/null)
-        total=$((total + ${kb:-0}))
-    done
-    echo "$total"
-}
 
 pct() { awk -v s="$1" -v w="$2" 'BEGIN { if (w > 0) printf "%.0f", s * 100 / w; else print "-" }'; }
 
@@ -253,17 +237,7 @@ write_kamailio_cfg() {
 # written by benches/register_load.sh: registrar without a database. Users $(user_name 0)..$(user_name $((TOTAL_USERS - 1)))
 # with password "pw-<user>" in an htable filled at start-up; digest (401, MD5, qop=auth);
 # bindings in memory only (usrloc db_mode=0).
-debug=0
-log_stderror=yes
-fork=yes
-children=$KAMAILIO_CHILDREN
-disable_tcp=yes
-auto_aliases=no
-dns=no
-rev_dns=no
-use_dns_cache=off
-sip_warning=0
-server_header="Server: kamailio"
+$(kamailio_globals)
 # the start-up loop below runs once per user
 max_while_loops=$((TOTAL_USERS + 10))
 listen=udp:127.0.0.1:$PPORT

@@ -11,7 +11,7 @@
 //! offered first here.
 
 mod common;
-use common::{free_port, sipp, sipp_over, tool, Dnsmasq, Sixgate, TempDir};
+use common::{free_port, sipp, sipp_over, tool, Dnsmasq, Namespace, NetnsSixgate, Sixgate, TempDir};
 use std::net::UdpSocket;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -177,8 +177,8 @@ fn a_carrier_by_name_is_found_by_rfc_3263_and_fails_over_across_srv_targets() {
 
 /// baresip (Debian `baresip-core`), a real phone stack, places the call: it answers the 407 with
 /// the Request-URI as digest `uri`, so the strict check is exercised by a client other than sipp.
-/// It has no sound card here and hangs up right after the answer, which the callee's scenario
-/// takes as a complete call (INVITE, 200, ACK, BYE).
+/// It plays a file of silence (no sound card here) and hangs up when it exits (`-t 8`), which
+/// the callee's scenario takes as a complete call (INVITE, 200, ACK, BYE).
 #[test]
 fn baresip_calls_through_the_strict_digest_check() {
     let (sgp, c1, phone) = (port(), port(), port());
@@ -189,21 +189,11 @@ fn baresip_calls_through_the_strict_digest_check() {
     let uas = sipp(None, "uas_call.xml", "127.0.0.1", c1, &["-set", "rr_check", "1"], None);
     settle();
     let dir = TempDir::new("baresip");
-    std::fs::write(
-        dir.0.join("config"),
-        format!(
-            "sip_listen [::1]:{phone}\nsip_trans_def udp\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\n\
-             module ausine.so\nmodule aufile.so\nmodule_app account.so\nmodule_app menu.so\n\
-             audio_source ausine,440\naudio_player aufile,{0}/out.wav\naudio_alert aufile,{0}/alert.wav\n",
-            dir.0.display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.0.join("accounts"),
-        format!("<sip:alice@localhost;transport=udp>;auth_pass=secret;outbound=\"sip:[::1]:{};transport=udp\";regint=0\n", sg.port),
-    )
-    .unwrap();
+    common::baresip_config(
+        &dir.0,
+        &format!("[::1]:{phone}"),
+        &format!("<sip:alice@localhost;transport=udp>;auth_pass=secret;outbound=\"sip:[::1]:{};transport=udp\";regint=0", sg.port),
+    );
     let out = Command::new("timeout")
         .arg("30")
         .arg(tool("baresip"))
@@ -218,68 +208,29 @@ fn baresip_calls_through_the_strict_digest_check() {
     uas.expect_success(CALL);
 }
 
-/// A network namespace with its own loopback, removed on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("sg-{tag}-{}", std::process::id());
-        let ip = tool("ip");
-        let _ = Command::new(&ip).args(["netns", "del", &name]).status();
-        assert!(Command::new(&ip).args(["netns", "add", &name]).status().unwrap().success(), "ip netns add (root needed)");
-        let ns = Netns(name);
-        assert!(Command::new(&ip).args(["netns", "exec", &ns.0, "ip", "link", "set", "lo", "up"]).status().unwrap().success());
-        ns
-    }
-
-    /// Drops `percent` % of the UDP packets arriving at any socket in the namespace, at random
-    /// (nftables `numgen random` on the input hook: every packet crosses it once, so both
-    /// directions of every exchange lose that share, and the sender sees no error, as on a real
-    /// network; a drop on the output hook would fail the sender's sendto with EPERM). The
-    /// kernel here has no sch_netem, so `tc netem` is not available.
-    fn lose(&self, percent: u32) {
-        let rules = format!(
-            "table inet sixgate_loss {{\n chain inbound {{\n  type filter hook input priority 0; policy accept;\n  \
-             meta l4proto udp numgen random mod 100 < {percent} counter drop\n }}\n}}\n"
-        );
-        let mut c = Command::new(tool("ip")).args(["netns", "exec", &self.0]).arg(tool("nft")).args(["-f", "-"]).stdin(Stdio::piped()).spawn().unwrap();
-        use std::io::Write;
-        c.stdin.take().unwrap().write_all(rules.as_bytes()).unwrap();
-        assert!(c.wait().unwrap().success(), "nft rules");
-    }
-
-    fn dropped(&self) -> String {
-        let out = Command::new(tool("ip")).args(["netns", "exec", &self.0]).arg(tool("nft")).args(["list", "table", "inet", "sixgate_loss"]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).lines().find(|l| l.contains("counter")).unwrap_or("").trim().to_string()
-    }
+/// Drops `percent` % of the UDP packets arriving at any socket in `ns`, at random (nftables
+/// `numgen random` on the input hook: every packet crosses it once, so both directions of every
+/// exchange lose that share, and the sender sees no error, as on a real network; a drop on the
+/// output hook would fail the sender's sendto with EPERM). The kernel here has no sch_netem, so
+/// `tc netem` is not available.
+fn lose(ns: &Namespace, percent: u32) {
+    ns.nft(&format!(
+        "table inet sixgate_loss {{\n chain inbound {{\n  type filter hook input priority 0; policy accept;\n  \
+         meta l4proto udp numgen random mod 100 < {percent} counter drop\n }}\n}}\n"
+    ));
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new(tool("ip")).args(["netns", "del", &self.0]).status();
-    }
+/// The loss rule's counter line.
+fn dropped(ns: &Namespace) -> String {
+    ns.run("nft", &["list", "table", "inet", "sixgate_loss"]).lines().find(|l| l.contains("counter")).unwrap_or("").trim().to_string()
 }
 
 #[test]
 fn the_call_completes_with_ten_percent_loss_both_ways() {
-    let ns = Netns::new("loss");
-    ns.lose(10);
+    let ns = Namespace::new(&format!("sg-loss-{}", std::process::id()));
+    lose(&ns, 10);
     let (sgp, c1) = (5060, 5070);
-    let dir = TempDir::new("lossy");
-    let cfg = dir.0.join("sixgate.toml");
-    std::fs::write(&cfg, config(sgp, &carrier("c1", c1, "+44", 1, ""), "")).unwrap();
-    let mut sg = Command::new(tool("ip"))
-        .args(["netns", "exec", &ns.0])
-        .arg(env!("CARGO_BIN_EXE_sixgate"))
-        .args(["run", "-c"])
-        .arg(&cfg)
-        .env("RUST_LOG", "sixgate=debug")
-        .env("STATE_DIRECTORY", dir.0.join("state"))
-        .stdout(Stdio::from(std::fs::File::create(dir.0.join("sixgate.log")).unwrap()))
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("sixgate in the namespace");
-    std::thread::sleep(Duration::from_millis(500));
+    let sg = NetnsSixgate::start(&ns, ([127, 0, 0, 1], sgp).into(), &config(sgp, &carrier("c1", c1, "+44", 1, ""), ""));
     // Several calls in a row: each must complete through retransmissions alone.
     let mut results = Vec::new();
     for call in 0..3 {
@@ -291,13 +242,12 @@ fn the_call_completes_with_ten_percent_loss_both_ways() {
         let uas_out = uas.wait(Duration::from_secs(60));
         results.push((out.status.success(), uac.logs(&out), uas_out.status.success()));
     }
-    let _ = sg.kill();
-    let _ = sg.wait();
-    let dropped = ns.dropped();
+    let log = sg.log();
+    drop(sg);
+    let dropped = dropped(&ns);
     let ok = results.iter().filter(|r| r.0).count();
     eprintln!("lossy calls: {ok}/3 completed; {dropped}");
     assert!(dropped.contains("packets") && !dropped.contains("packets 0 "), "the loss rule dropped nothing: {dropped}");
-    let log = std::fs::read_to_string(dir.0.join("sixgate.log")).unwrap_or_default();
     for (i, r) in results.iter().enumerate() {
         assert!(r.0, "call {i} failed with 10 % loss:\n{}\n--- sixgate log\n{log}", r.1);
     }

@@ -261,26 +261,6 @@ fn expect_480(dir: &TempDir) -> String {
     sf.display().to_string()
 }
 
-/// A mono 16-bit PCM WAV file of `secs` seconds of silence.
-fn silence_wav(rate: u32, secs: u32) -> Vec<u8> {
-    let data = rate * 2 * secs;
-    let mut w = Vec::new();
-    w.extend_from_slice(b"RIFF");
-    w.extend_from_slice(&(36 + data).to_le_bytes());
-    w.extend_from_slice(b"WAVEfmt ");
-    w.extend_from_slice(&16u32.to_le_bytes());
-    w.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    w.extend_from_slice(&1u16.to_le_bytes()); // mono
-    w.extend_from_slice(&rate.to_le_bytes());
-    w.extend_from_slice(&(rate * 2).to_le_bytes());
-    w.extend_from_slice(&2u16.to_le_bytes());
-    w.extend_from_slice(&16u16.to_le_bytes());
-    w.extend_from_slice(b"data");
-    w.extend_from_slice(&data.to_le_bytes());
-    w.resize(w.len() + data as usize, 0);
-    w
-}
-
 /// baresip, a real phone stack, registers over IPv6 with MD5 digest (strict uri check) and
 /// answers a carrier's call that sixgate forks to its binding.
 #[test]
@@ -288,24 +268,11 @@ fn baresip_registers_over_ipv6_and_receives_a_call() {
     let (sgp, phone) = (free_port(), free_port());
     let sg = Sixgate::start(sgp, &config(sgp, ""));
     let dir = TempDir::new("baresip-reg");
-    std::fs::write(
-        dir.0.join("config"),
-        format!(
-            "sip_listen [::1]:{phone}\nsip_trans_def udp\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\n\
-             module ausine.so\nmodule aufile.so\nmodule_app account.so\nmodule_app menu.so\n\
-             audio_source aufile,{0}/in.wav\naudio_player aufile,{0}/out.wav\naudio_alert aufile,{0}/alert.wav\n",
-            dir.0.display()
-        ),
-    )
-    .unwrap();
-    // No sound card: the phone plays a second of silence from a file (8 kHz, the codec's rate;
-    // baresip's ausine only runs at 48 kHz).
-    std::fs::write(dir.0.join("in.wav"), silence_wav(8000, 1)).unwrap();
-    std::fs::write(
-        dir.0.join("accounts"),
-        format!("<sip:alice@localhost;transport=udp>;auth_pass=secret;outbound=\"sip:[::1]:{};transport=udp\";regint=600;answermode=auto\n", sg.port),
-    )
-    .unwrap();
+    common::baresip_config(
+        &dir.0,
+        &format!("[::1]:{phone}"),
+        &format!("<sip:alice@localhost;transport=udp>;auth_pass=secret;outbound=\"sip:[::1]:{};transport=udp\";regint=600;answermode=auto", sg.port),
+    );
     let baresip = Command::new("timeout")
         .arg("40")
         .arg(tool("baresip"))

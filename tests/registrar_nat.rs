@@ -201,30 +201,15 @@ impl Drop for Phone {
 
 impl Phone {
     /// Starts baresip listening on `ip:5060`, registering `user` for an hour through the
-    /// outbound proxy `edge_ip:5060`, answering every call at once. Headless: ausine is the
-    /// microphone (it only makes 48 kHz stereo, hence the source rate and channels; baresip
-    /// resamples to the codec) and aufile the speaker.
+    /// outbound proxy `edge_ip:5060`, answering every call at once; headless
+    /// ([`common::baresip_config`]).
     fn start(ns: &Namespace, user: &'static str, password: &str, ip: &str, edge_ip: &str) -> Phone {
         let dir = TempDir::new(&format!("baresip-{user}"));
-        let d = dir.0.display();
-        std::fs::write(
-            dir.0.join("config"),
-            format!(
-                "sip_listen {ip}:5060\nsip_trans_def udp\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\n\
-                 module ausine.so\nmodule aufile.so\nmodule_app account.so\nmodule_app menu.so\n\
-                 audio_source ausine,440\naudio_player aufile,{d}/out.wav\naudio_alert aufile,{d}/alert.wav\n\
-                 ausrc_srate 48000\nauplay_srate 48000\nausrc_channels 2\n"
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.0.join("accounts"),
-            format!(
-                "<sip:{user}@sixgate.test;transport=udp>;auth_pass={password};\
-                 outbound=\"sip:{edge_ip}:5060;transport=udp\";regint=3600;answermode=auto\n"
-            ),
-        )
-        .unwrap();
+        common::baresip_config(
+            &dir.0,
+            &format!("{ip}:5060"),
+            &format!("<sip:{user}@sixgate.test;transport=udp>;auth_pass={password};outbound=\"sip:{edge_ip}:5060;transport=udp\";regint=3600;answermode=auto"),
+        );
         let log = std::fs::File::create(dir.0.join("log")).unwrap();
         let child = ns
             .command(tool("baresip"))

@@ -70,11 +70,6 @@ impl Bans {
         self.by_source.retain(|_, r| r.banned_until.is_some_and(|t| now < t) || now.saturating_duration_since(r.window_start) <= window);
     }
 
-    /// Sources currently banned (for metrics and ctl).
-    pub fn banned(&self, now: Instant) -> usize {
-        self.by_source.values().filter(|r| r.banned_until.is_some_and(|t| now < t)).count()
-    }
-
     pub fn tracked(&self) -> usize {
         self.by_source.len()
     }

@@ -498,6 +498,17 @@ impl Reader {
         }
     }
 
+    /// A specific (not unspecified) address of the family `v6` says, or an issue.
+    fn specific_ip(&mut self, t: Option<&Table>, path: &str, key: &str, v6: bool) -> Option<IpAddr> {
+        let a = self.ip(t, path, key)?;
+        if a.is_ipv6() == v6 && !a.is_unspecified() {
+            return Some(a);
+        }
+        let family = if v6 { "IPv6" } else { "IPv4" };
+        self.issue(&format!("{path}.{key}"), format!("must be a specific {family} address"), Some(&Value::String(a.to_string())));
+        None
+    }
+
     fn config(&mut self, root: &Table) -> Config {
         self.known_keys(root, "", &["sip", "listen", "advertise", "limits", "timers", "auth", "routing", "users", "carriers", "dns", "log", "registrar", "state", "media", "metrics"]);
 
@@ -533,21 +544,13 @@ impl Reader {
             self.known_keys(t, "advertise", &["ipv6", "ipv4"]);
         }
         let mut advertise = Advertise { ipv6: None, ipv4: None, ipv6_configured: false, ipv4_configured: false };
-        match self.ip(adv_t, "advertise", "ipv6") {
-            Some(IpAddr::V6(a)) if !a.is_unspecified() => {
-                advertise.ipv6 = Some(a);
-                advertise.ipv6_configured = true;
-            }
-            Some(a) => self.issue("advertise.ipv6", "must be a specific IPv6 address", Some(&Value::String(a.to_string()))),
-            None => {}
+        if let Some(IpAddr::V6(a)) = self.specific_ip(adv_t, "advertise", "ipv6", true) {
+            advertise.ipv6 = Some(a);
+            advertise.ipv6_configured = true;
         }
-        match self.ip(adv_t, "advertise", "ipv4") {
-            Some(IpAddr::V4(a)) if !a.is_unspecified() => {
-                advertise.ipv4 = Some(a);
-                advertise.ipv4_configured = true;
-            }
-            Some(a) => self.issue("advertise.ipv4", "must be a specific IPv4 address", Some(&Value::String(a.to_string()))),
-            None => {}
+        if let Some(IpAddr::V4(a)) = self.specific_ip(adv_t, "advertise", "ipv4", false) {
+            advertise.ipv4 = Some(a);
+            advertise.ipv4_configured = true;
         }
         // Default each family's advertised address to its first specific listener.
         for l in &listen {
@@ -675,21 +678,17 @@ impl Reader {
                 RelayMode::Auto
             }
         };
-        let ipv6 = match self.ip(t, "media", "ipv6") {
-            Some(IpAddr::V6(a)) if !a.is_unspecified() => Some(a),
-            Some(a) => {
-                self.issue("media.ipv6", "must be a specific IPv6 address", Some(&Value::String(a.to_string())));
-                None
-            }
-            None => advertise.ipv6,
+        let given = t.is_some_and(|t| t.contains_key("ipv6"));
+        let ipv6 = match self.specific_ip(t, "media", "ipv6", true) {
+            Some(IpAddr::V6(a)) => Some(a),
+            _ if given => None,
+            _ => advertise.ipv6,
         };
-        let ipv4 = match self.ip(t, "media", "ipv4") {
-            Some(IpAddr::V4(a)) if !a.is_unspecified() => Some(a),
-            Some(a) => {
-                self.issue("media.ipv4", "must be a specific IPv4 address", Some(&Value::String(a.to_string())));
-                None
-            }
-            None => advertise.ipv4,
+        let given = t.is_some_and(|t| t.contains_key("ipv4"));
+        let ipv4 = match self.specific_ip(t, "media", "ipv4", false) {
+            Some(IpAddr::V4(a)) => Some(a),
+            _ if given => None,
+            _ => advertise.ipv4,
         };
         let range = |r: &mut Self, key: &str| -> (u16, u16) {
             match t.and_then(|t| t.get(key)) {

@@ -168,7 +168,7 @@ impl Engine {
             self.flow_ids.remove(&flow);
             return;
         };
-        let (nat, state) = (state.nat, state.clone());
+        let (nat, contact) = (state.nat, state.contact.clone());
         let interval = self.registrar.config().keepalive_interval_secs;
         if !nat || interval == 0 {
             self.keepalive_flows.remove(&id);
@@ -185,8 +185,7 @@ impl Engine {
                 if !self.keepalives_in_flight.insert(id) {
                     return;
                 }
-                let ruri = state.contact.clone();
-                self.send_options(now, hop, &ruri, ClientOwner::Keepalive { flow: id });
+                self.send_options(now, hop, &contact, ClientOwner::Keepalive { flow: id });
             }
         }
     }

@@ -64,6 +64,16 @@ impl Binding {
         }
     }
 
+    /// Whether `other` is the same binding of the same AOR ([`Binding::key`] equality, without
+    /// building the keys: this runs for every contact of every REGISTER).
+    pub fn same_binding(&self, other: &Binding) -> bool {
+        match ((&self.instance, self.reg_id), (&other.instance, other.reg_id)) {
+            ((Some(a), Some(x)), (Some(b), Some(y))) => a == b && x == y,
+            ((Some(_), Some(_)), _) | (_, (Some(_), Some(_))) => false,
+            _ => self.contact.eq_ignore_ascii_case(&other.contact),
+        }
+    }
+
     /// The store key: AOR and binding key.
     pub fn store_key(&self) -> String {
         format!("{}\n{}", self.aor, self.key())
@@ -330,8 +340,7 @@ impl Registrar {
                 user_agent: req.user_agent.clone(),
             };
             applied.outbound |= ob;
-            let key = b.key();
-            match next.iter().position(|x| x.key() == key) {
+            match next.iter().position(|x| x.same_binding(&b)) {
                 Some(i) => {
                     let old = &next[i];
                     if old.call_id == b.call_id && b.cseq <= old.cseq {
@@ -352,7 +361,7 @@ impl Registrar {
         }
         // The changes: deletes for bindings gone (expired ones too), puts for new or refreshed.
         for old in existing {
-            if !next.iter().any(|b| b.key() == old.key()) {
+            if !next.iter().any(|b| b.same_binding(old)) {
                 applied.changes.push(Change::Delete { store_key: old.store_key() });
             }
         }
@@ -378,8 +387,7 @@ impl Registrar {
             match c {
                 Change::Put(b) => {
                     let list = self.by_aor.entry(b.aor.clone()).or_default();
-                    let key = b.key();
-                    match list.iter().position(|x| x.key() == key) {
+                    match list.iter().position(|x| x.same_binding(b)) {
                         Some(i) => {
                             let old = std::mem::replace(&mut list[i], b.clone());
                             self.flow_unref(&old);

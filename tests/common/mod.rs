@@ -97,27 +97,36 @@ impl Sixgate {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn sixgate");
-        let sg = Sixgate { child, port, _dir: dir };
+        let mut sg = Sixgate { child, port, _dir: dir };
         sg.wait_ready();
         sg
     }
 
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+    fn wait_ready(&mut self) {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         let target: SocketAddr = ([127, 0, 0, 1], self.port).into();
-        while Instant::now() < deadline {
-            let _ = sock.send_to(b"\r\n\r\n", target);
-            let mut buf = [0u8; 16];
-            if let Ok((n, _)) = sock.recv_from(&mut buf) {
-                if &buf[..n] == b"\r\n" {
-                    return;
-                }
+        let child = &mut self.child;
+        if !await_pong(&sock, target, || child.try_wait().ok().flatten().is_none()) {
+            panic!("sixgate did not come up on port {} within 10 s", self.port);
+        }
+    }
+}
+
+/// Sends CRLF keepalive pings (RFC 5626) to `target` from `sock` until the CRLF pong comes
+/// back (true), `alive` says the process died, or 10 s pass (false).
+fn await_pong(sock: &UdpSocket, target: SocketAddr, mut alive: impl FnMut() -> bool) -> bool {
+    sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && alive() {
+        let _ = sock.send_to(b"\r\n\r\n", target);
+        let mut buf = [0u8; 16];
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            if &buf[..n] == b"\r\n" {
+                return true;
             }
         }
-        panic!("sixgate did not come up on port {} within 10 s", self.port);
     }
+    false
 }
 
 /// `recv` on a socket with a read timeout, retrying interruptions (a blocking receive with a
@@ -398,6 +407,8 @@ impl NetnsSixgate {
             .args(["run", "-c"])
             .arg(&cfg)
             .env("RUST_LOG", "sixgate=debug")
+            // Its own registration store (a config's [state] dir wins).
+            .env("STATE_DIRECTORY", dir.0.join("state"))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::inherit())
@@ -405,25 +416,56 @@ impl NetnsSixgate {
             .expect("spawn sixgate in the namespace");
         let mut sg = NetnsSixgate { child, addr, dir };
         let sock = ns.udp_socket(SocketAddr::new(addr.ip(), 0));
-        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = sg.child.try_wait() {
-                panic!("sixgate exited ({status}) in {}:\n{}", ns.0, sg.log());
-            }
-            let _ = sock.send_to(b"\r\n\r\n", addr);
-            let mut buf = [0u8; 16];
-            if let Ok((n, _)) = sock.recv_from(&mut buf) {
-                if &buf[..n] == b"\r\n" {
-                    return sg;
-                }
-            }
+        let child = &mut sg.child;
+        if !await_pong(&sock, addr, || child.try_wait().ok().flatten().is_none()) {
+            panic!("sixgate did not come up on {addr} in {} within 10 s:\n{}", ns.0, sg.log());
         }
-        panic!("sixgate did not come up on {addr} in {} within 10 s:\n{}", ns.0, sg.log());
+        sg
     }
 
     /// What sixgate has logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.0.join("sixgate.log")).unwrap_or_default()
     }
+}
+
+// ----- baresip -----
+
+/// Writes a headless baresip 1.0 config directory into `dir`: SIP on `listen` (UDP), G.711, no
+/// sound card (audio from a file of silence, to a file), the account line `account` (the
+/// `accounts` file). baresip's `ausine` runs only at 48 kHz, so the source is an 8 kHz WAV the
+/// codec can take as it is; with a source that fails to start, baresip cannot auto-answer.
+pub fn baresip_config(dir: &Path, listen: &str, account: &str) {
+    std::fs::write(
+        dir.join("config"),
+        format!(
+            "sip_listen {listen}\nsip_trans_def udp\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\n\
+             module aufile.so\nmodule_app account.so\nmodule_app menu.so\n\
+             audio_source aufile,{0}/in.wav\naudio_player aufile,{0}/out.wav\naudio_alert aufile,{0}/alert.wav\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("in.wav"), silence_wav(8000, 1)).unwrap();
+    std::fs::write(dir.join("accounts"), format!("{account}\n")).unwrap();
+}
+
+/// A mono 16-bit PCM WAV file of `secs` seconds of silence.
+pub fn silence_wav(rate: u32, secs: u32) -> Vec<u8> {
+    let data = rate * 2 * secs;
+    let mut w = Vec::new();
+    w.extend_from_slice(b"RIFF");
+    w.extend_from_slice(&(36 + data).to_le_bytes());
+    w.extend_from_slice(b"WAVEfmt ");
+    w.extend_from_slice(&16u32.to_le_bytes());
+    w.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    w.extend_from_slice(&1u16.to_le_bytes()); // mono
+    w.extend_from_slice(&rate.to_le_bytes());
+    w.extend_from_slice(&(rate * 2).to_le_bytes());
+    w.extend_from_slice(&2u16.to_le_bytes());
+    w.extend_from_slice(&16u16.to_le_bytes());
+    w.extend_from_slice(b"data");
+    w.extend_from_slice(&data.to_le_bytes());
+    w.resize(w.len() + data as usize, 0);
+    w
 }
