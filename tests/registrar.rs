@@ -245,20 +245,71 @@ fn a_tcp_phone_that_hangs_up_its_connection_loses_its_binding() {
 
 /// A carrier UAC scenario that expects 480 (nobody registered) and ACKs it.
 fn expect_480(dir: &TempDir) -> String {
-    let sf = dir.0.join("uac_480.xml");
+    expect_status(dir, 480)
+}
+
+/// A carrier UAC scenario that expects final answer `code` to its INVITE and ACKs it.
+fn expect_status(dir: &TempDir, code: u16) -> String {
+    let sf = dir.0.join(format!("uac_{code}.xml"));
     std::fs::write(
         &sf,
-        "<?xml version=\"1.0\" encoding=\"ISO-8859-1\" ?>\n<scenario name=\"expect-480\">\n<send retrans=\"500\"><![CDATA[\n\
+        format!(
+        "<?xml version=\"1.0\" encoding=\"ISO-8859-1\" ?>\n<scenario name=\"expect-{code}\">\n<send retrans=\"500\"><![CDATA[\n\
          INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0\nVia: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport\n\
          Max-Forwards: 70\nFrom: <sip:+15550100200@[local_ip]>;tag=[pid]c\nTo: <sip:[service]@[remote_ip]:[remote_port]>\nCall-ID: [call_id]\n\
          CSeq: 1 INVITE\nContact: <sip:+15550100200@[local_ip]:[local_port]>\nContent-Length: 0\n\n]]></send>\n\
-         <recv response=\"100\" optional=\"true\" />\n<recv response=\"480\" />\n<send><![CDATA[\n\
+         <recv response=\"100\" optional=\"true\" />\n<recv response=\"{code}\" />\n<send><![CDATA[\n\
          ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0\nVia: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport\n\
          Max-Forwards: 70\nFrom: <sip:+15550100200@[local_ip]>;tag=[pid]c\n[last_To:]\nCall-ID: [call_id]\nCSeq: 1 ACK\nContent-Length: 0\n\n]]></send>\n\
-         </scenario>\n",
+         </scenario>\n"
+        ),
     )
     .unwrap();
     sf.display().to_string()
+}
+
+/// baresip registers with Outbound (RFC 5626: `+sip.instance`, `reg-id`, `Supported: outbound`)
+/// over a TCP connection; a carrier's call reaches it over that connection; once baresip dies
+/// and its connection closes, the next call gets 430 Flow Failed (not 480): the binding was an
+/// Outbound one and its flow is gone.
+#[test]
+fn baresip_with_outbound_over_tcp_is_reached_on_its_flow_then_430_when_it_dies() {
+    let (sgp, phone) = (free_port(), free_port());
+    let sg = Sixgate::start(sgp, &config(sgp, ""));
+    let dir = TempDir::new("baresip-ob");
+    common::baresip_config_over(
+        &dir.0,
+        "tcp",
+        &format!("[::1]:{phone}"),
+        &format!("<sip:alice@localhost;transport=tcp>;auth_pass=secret;outbound=\"sip:[::1]:{};transport=tcp\";sipnat=outbound;regint=600;answermode=auto", sg.port),
+    );
+    let mut baresip = Command::new(tool("baresip"))
+        .arg("-s")
+        .arg("-f")
+        .arg(&dir.0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(std::fs::File::create(dir.0.join("baresip.log")).unwrap()))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run baresip");
+    let log = || std::fs::read_to_string(dir.0.join("baresip.log")).unwrap_or_default();
+    // Registered with Outbound: the 200 says so.
+    let mut registered = false;
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(100));
+        if log().contains("Require: outbound") {
+            registered = true;
+            break;
+        }
+    }
+    assert!(registered, "no Outbound registration:\n{}", log());
+    carrier_calls(sgp, "uac_call_from_carrier.xml", "+442071110000").expect_success(RUN);
+    // SIGKILL: no un-REGISTER; the kernel closes the TCP connection.
+    let _ = baresip.kill();
+    let _ = baresip.wait();
+    std::thread::sleep(Duration::from_millis(500));
+    let sf = TempDir::new("inv430");
+    carrier_calls(sgp, &expect_status(&sf, 430), "+442071110000").expect_success(RUN);
 }
 
 /// baresip, a real phone stack, registers over IPv6 with MD5 digest (strict uri check) and

@@ -431,16 +431,22 @@ impl NetnsSixgate {
 
 // ----- baresip -----
 
-/// Writes a headless baresip 1.0 config directory into `dir`: SIP on `listen` (UDP), G.711, no
+/// Writes a headless baresip 1.0 config directory into `dir`: SIP on `listen` over UDP, G.711, no
 /// sound card (audio from a file of silence, to a file), the account line `account` (the
 /// `accounts` file). baresip's `ausine` runs only at 48 kHz, so the source is an 8 kHz WAV the
 /// codec can take as it is; with a source that fails to start, baresip cannot auto-answer.
 pub fn baresip_config(dir: &Path, listen: &str, account: &str) {
+    baresip_config_over(dir, "udp", listen, account)
+}
+
+/// [`baresip_config`] with SIP over `transport` ("udp" or "tcp"). The `uuid` module gives the
+/// phone its `+sip.instance` (Outbound, RFC 5626, needs one).
+pub fn baresip_config_over(dir: &Path, transport: &str, listen: &str, account: &str) {
     std::fs::write(
         dir.join("config"),
         format!(
-            "sip_listen {listen}\nsip_trans_def udp\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\n\
-             module aufile.so\nmodule_app account.so\nmodule_app menu.so\n\
+            "sip_listen {listen}\nsip_trans_def {transport}\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\n\
+             module aufile.so\nmodule uuid.so\nmodule_app account.so\nmodule_app menu.so\n\
              audio_source aufile,{0}/in.wav\naudio_player aufile,{0}/out.wav\naudio_alert aufile,{0}/alert.wav\n",
             dir.display()
         ),
