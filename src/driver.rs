@@ -1,12 +1,13 @@
 //! The tokio driver of the sans-IO [`Engine`]: the engine's owner task. Transports hand it
 //! validated messages over a channel; it feeds them to the engine with the time, drains the
 //! outputs (sends on the named socket or TCP flow, starts DNS lookups whose answers come back
-//! as inputs), and sleeps until the engine's next deadline. All SIP state lives in the engine,
+//! as inputs), asks the RTP relay for sessions (a quick control-path call, answered at once as
+//! an input), and sleeps until the engine's next deadline. All SIP state lives in the engine,
 //! so this loop needs no locks; the engine's counters are copied out for metrics.
 
 use crate::config::{Limits, TransportKind};
 use crate::core::Core;
-use crate::engine::{Engine, Event, Input, Output, Stats, Transmit};
+use crate::engine::{Engine, Event, Input, MediaOp, Output, Stats, Transmit};
 use crate::registrar::store::BindingStore;
 use crate::registrar::Change;
 use crate::routing::dns::Resolver;
@@ -26,6 +27,17 @@ enum Feedback {
     Resolved(u64, Result<crate::routing::dns::Resolution, crate::routing::dns::DnsError>),
     SendFailed(u64),
     Stored(u64, bool),
+    MediaTimeout(sixgate_relay::SessionId, sixgate_relay::LegId),
+}
+
+/// Where the relay's event thread hands the events the engine acts on.
+#[derive(Clone)]
+pub struct MediaSink(mpsc::UnboundedSender<Feedback>);
+
+impl MediaSink {
+    pub fn media_timeout(&self, session: sixgate_relay::SessionId, leg: sixgate_relay::LegId) {
+        let _ = self.0.send(Feedback::MediaTimeout(session, leg));
+    }
 }
 
 /// One UDP socket's sending side. Datagrams go out at once while the socket buffer has room;
@@ -90,6 +102,8 @@ pub struct Io {
     pub stats: Arc<Mutex<Stats>>,
     /// The store thread's queue (see [`spawn_store`]).
     pub store: std::sync::mpsc::Sender<(u64, Vec<Change>)>,
+    /// The RTP relay, unless media is never relayed.
+    pub relay: Option<Arc<sixgate_relay::Relay>>,
 }
 
 /// Store commits done and binding changes in them (their ratio is the grouping under load).
@@ -149,6 +163,13 @@ pub struct Started {
     feedback: (mpsc::UnboundedSender<Feedback>, mpsc::UnboundedReceiver<Feedback>),
 }
 
+impl Started {
+    /// A sink for the relay's events (media timeouts) into the engine.
+    pub fn media_sink(&self) -> MediaSink {
+        MediaSink(self.feedback.0.clone())
+    }
+}
+
 /// Starts the store thread; returns its queue for [`Io::store`] and what [`run`] needs.
 pub fn start_store(store: Box<dyn BindingStore>, counters: Arc<StoreCounters>) -> (std::sync::mpsc::Sender<(u64, Vec<Change>)>, Started) {
     let (fb_tx, fb_rx) = mpsc::unbounded_channel::<Feedback>();
@@ -203,6 +224,7 @@ pub async fn run(mut engine: Engine, mut messages: mpsc::Receiver<Delivery>, io:
                     Feedback::Resolved(id, result) => engine.handle(now, Input::Resolved { id, result }),
                     Feedback::SendFailed(client) => engine.handle(now, Input::SendFailed { client }),
                     Feedback::Stored(id, ok) => engine.handle(now, Input::Stored { id, ok }),
+                    Feedback::MediaTimeout(session, leg) => engine.handle(now, Input::MediaTimeout { session, leg }),
                 }
             }
             _ = sleep => engine.handle_timeout(Instant::now().into_std()),
@@ -232,7 +254,50 @@ fn drain(engine: &mut Engine, io: &Io, fb: &mpsc::UnboundedSender<Feedback>) {
                     let _ = fb.send(Feedback::Stored(id, false));
                 }
             }
+            Output::Media { id, op } => {
+                // Control-path calls (a short lock, a bind, a queue push): answered in place.
+                if let Some(result) = media(io.relay.as_deref(), op) {
+                    engine.handle(Instant::now().into_std(), Input::Media { id, result });
+                }
+            }
             Output::Event(e) => log_event(&e),
+        }
+    }
+}
+
+/// Carries out one relay request; the result of a [`MediaOp::Create`].
+fn media(relay: Option<&sixgate_relay::Relay>, op: MediaOp) -> Option<Result<Vec<sixgate_relay::SessionInfo>, String>> {
+    let Some(relay) = relay else {
+        return matches!(op, MediaOp::Create(_)).then(|| Err("no media relay is running ([media] relay = \"never\")".to_string()));
+    };
+    match op {
+        MediaOp::Create(specs) => {
+            let mut made = Vec::with_capacity(specs.len());
+            for spec in specs {
+                match relay.create_session(spec) {
+                    Ok(info) => made.push(info),
+                    Err(e) => {
+                        // All or none: the call cannot use half its streams.
+                        for info in made {
+                            let _ = relay.delete_session(info.id);
+                        }
+                        return Some(Err(e.to_string()));
+                    }
+                }
+            }
+            Some(Ok(made))
+        }
+        MediaOp::Update(u) => {
+            if let Err(e) = relay.update_peer(u.session, u.leg, u.peer) {
+                tracing::debug!(session = u.session.0, error = %e, "relay peer update failed");
+            }
+            None
+        }
+        MediaOp::Delete(session) => {
+            if let Err(e) = relay.delete_session(session) {
+                tracing::debug!(session = session.0, error = %e, "relay session delete failed");
+            }
+            None
         }
     }
 }
@@ -285,6 +350,6 @@ fn log_event(e: &Event) {
             tracing::debug!(%aor, %contact, expires_in, nat = nat.as_deref().unwrap_or("no"), "registered")
         }
         // Logged where they happen (with more context).
-        Event::FlowDead { .. } | Event::Banned { .. } => {}
+        Event::FlowDead { .. } | Event::Banned { .. } | Event::MediaTimeout { .. } => {}
     }
 }

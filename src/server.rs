@@ -64,10 +64,11 @@ impl Server {
         // engine (io_uring, else epoll) before the first call.
         let relay_events = Arc::new(RelayEventCounters::default());
         let mut relay = None;
+        let mut relay_stream = None;
         if let Some(rc) = crate::media::relay_config(&cfg.media) {
             let (r, events) = sixgate_relay::Relay::start(rc)?;
             tracing::info!(engine = ?r.engine(), v6 = ?cfg.media.ipv6, v4 = ?cfg.media.ipv4, "RTP relay started");
-            drain_relay_events(events, relay_events.clone());
+            relay_stream = Some(events);
             relay = Some(Arc::new(r));
         }
         let metrics = Arc::new(Metrics::default());
@@ -119,6 +120,9 @@ impl Server {
         let engine_stats = Arc::new(Mutex::new(Stats::default()));
         let store_counters = Arc::new(crate::driver::StoreCounters::default());
         let (store_queue, started) = crate::driver::start_store(store, store_counters.clone());
+        if let Some(events) = relay_stream {
+            drain_relay_events(events, relay_events.clone(), started.media_sink());
+        }
         let io = crate::driver::Io {
             udp: udp_sockets,
             tcp_table: tcp_table.clone(),
@@ -128,6 +132,7 @@ impl Server {
             to_engine,
             stats: engine_stats.clone(),
             store: store_queue,
+            relay: relay.clone(),
         };
         tasks.push(tokio::spawn(crate::driver::run(engine, messages, io, started)));
         let mut server = Server { core, tcp_table, bound, engine_stats, store_counters, relay, relay_events, tasks, metrics_addr: None };
@@ -287,10 +292,9 @@ struct RelayEventCounters {
 }
 
 /// Drains the relay's event stream on its own thread (the stream is not `Sync`, so it cannot
-/// sit in a tokio task) for as long as the process runs: logs and counts the events. Binding
-/// them to dialogs (ending a call on media timeout, per-call stats) comes with the SDP
-/// hand-off in the engine.
-fn drain_relay_events(events: sixgate_relay::EventStream, counters: Arc<RelayEventCounters>) {
+/// sit in a tokio task) for as long as the process runs: logs and counts the events, and hands
+/// media timeouts to the engine (which ends the call).
+fn drain_relay_events(events: sixgate_relay::EventStream, counters: Arc<RelayEventCounters>, engine: crate::driver::MediaSink) {
     use sixgate_relay::Event;
     use std::sync::atomic::Ordering::Relaxed;
     let spawned = std::thread::Builder::new().name("sixgate-relay-events".into()).spawn(move || loop {
@@ -315,9 +319,19 @@ fn drain_relay_events(events: sixgate_relay::EventStream, counters: Arc<RelayEve
             }
             Event::MediaTimeout { session, leg } => {
                 tracing::info!(session = session.0, ?leg, "relay: no media on a leg (media timeout)");
+                engine.media_timeout(session, leg);
                 counters.media_timeout.fetch_add(1, Relaxed)
             }
-            Event::Closed { .. } => counters.closed.fetch_add(1, Relaxed),
+            Event::Closed { session, stats } => {
+                let [a, b] = stats.legs;
+                tracing::info!(
+                    session = session.0,
+                    a_rx = a.rx_rtp.packets, a_lost = a.rtp.lost, a_jitter_us = a.rtp.jitter.as_micros() as u64,
+                    b_rx = b.rx_rtp.packets, b_lost = b.rtp.lost, b_jitter_us = b.rtp.jitter.as_micros() as u64,
+                    "relay session closed"
+                );
+                counters.closed.fetch_add(1, Relaxed)
+            }
         };
     });
     if let Err(e) = spawned {

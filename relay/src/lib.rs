@@ -128,7 +128,7 @@ impl Family {
 }
 
 /// One side of a session.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LegSpec {
     pub family: Family,
     /// The peer the SDP announced, if known yet.
@@ -153,7 +153,7 @@ impl LegSpec {
 }
 
 /// What to create: legs A and B, and an optional media timeout override.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionSpec {
     pub legs: [LegSpec; 2],
     pub media_timeout: Option<Duration>,

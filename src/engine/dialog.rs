@@ -55,6 +55,27 @@ pub struct Dialog {
     pub last_activity: Instant,
     /// Added to CSeq numbers from caller to callee (a carrier digest retry took one number).
     pub cseq_offset: u32,
+    /// What ending the call from the middle needs (a media timeout).
+    pub teardown: Teardown,
+    /// The relay sessions of a relayed call (`None`: direct media).
+    pub media: Option<super::media::DialogMedia>,
+}
+
+/// Enough of both parties to send each a BYE in the other's name.
+#[derive(Clone, Debug, Default)]
+pub struct Teardown {
+    /// The caller's From and the callee's To, as written (tags included).
+    pub caller_from: String,
+    pub callee_to: String,
+    /// Each party's Contact URI (the Request-URI of requests to it).
+    pub caller_uri: String,
+    pub callee_uri: String,
+    /// Route values toward each party (proxies beyond us), nearest first.
+    pub caller_routes: Vec<String>,
+    pub callee_routes: Vec<String>,
+    /// The highest CSeq each party used so far.
+    pub caller_cseq: u32,
+    pub callee_cseq: u32,
 }
 
 impl Dialog {

@@ -17,9 +17,14 @@ pub struct RouteEntry {
 /// All Route elements, top first. Elements that do not parse are skipped (validation let the
 /// message through, so they are rare; they will be forwarded untouched).
 pub fn routes(msg: &Message) -> Vec<RouteEntry> {
+    elements(msg, HeaderName::Route)
+}
+
+/// All elements of the name-addr list headers `name` (Route, Record-Route), top first.
+pub fn elements(msg: &Message, name: HeaderName) -> Vec<RouteEntry> {
     let mut out = Vec::new();
     let mut addrs = Vec::new();
-    for h in msg.headers_named(HeaderName::Route) {
+    for h in msg.headers_named(name) {
         addrs.clear();
         if parse_addr_list(msg.bytes(), h.value, &mut addrs).is_ok() {
             for a in &addrs {
@@ -47,6 +52,8 @@ pub struct Forward<'a> {
     pub drop_lines: &'a [Span],
     /// A CSeq number to write instead of the received one (carrier digest retry).
     pub cseq: Option<u32>,
+    /// A new body (SDP rewritten for the relay), with Content-Length to match.
+    pub body: Option<&'a str>,
 }
 
 /// The request `msg` as it leaves on one branch.
@@ -78,6 +85,9 @@ pub fn forward_request(msg: &Message, f: &Forward<'_>) -> Bytes {
             let method = msg.slice(msg.cseq.method);
             m.patch(h.value, Bytes::from([seq.to_string().as_bytes(), b" ", method].concat()));
         }
+    }
+    if let Some(body) = f.body {
+        set_body(&mut m, msg, body);
     }
     if let Some(first) = msg.headers.first() {
         m.patch(Span::new(first.line.start as usize, first.line.start as usize), Bytes::from(top));
@@ -120,8 +130,11 @@ fn remove_route_elements(m: &mut Message, all: &[RouteEntry], removed: &[RouteEn
 
 /// A response with our top Via removed (§16.7 step 3), as it goes upstream, and its CSeq number
 /// set back to `cseq` when the branch sent another one (a carrier's digest round took a number).
-pub fn pop_via_and_cseq(resp: &Message, cseq: Option<u32>) -> Bytes {
+pub fn pop_via_and_cseq(resp: &Message, cseq: Option<u32>, body: Option<&str>) -> Bytes {
     let mut m = resp.clone();
+    if let Some(body) = body {
+        set_body(&mut m, resp, body);
+    }
     if let (Some(seq), Some(h)) = (cseq, resp.headers_named(HeaderName::CSeq).next()) {
         let method = resp.slice(resp.cseq.method);
         m.patch(h.value, Bytes::from([seq.to_string().as_bytes(), b" ", method].concat()));
@@ -135,6 +148,20 @@ pub fn pop_via_and_cseq(resp: &Message, cseq: Option<u32>) -> Bytes {
         }
     }
     m.to_bytes()
+}
+
+/// Replaces the body of `orig` (patched as `m`) and its Content-Length, adding the header where
+/// it was left out (allowed on UDP, RFC 3261 §18.3, but the length changed).
+fn set_body(m: &mut Message, orig: &Message, body: &str) {
+    m.patch(orig.body, Bytes::copy_from_slice(body.as_bytes()));
+    match orig.headers_named(HeaderName::ContentLength).next() {
+        Some(h) => m.patch(h.value, Bytes::from(body.len().to_string())),
+        None => {
+            if let Some(last) = orig.headers.last() {
+                m.patch(Span::new(last.line.end as usize, last.line.end as usize), Bytes::from(format!("Content-Length: {}\r\n", body.len())));
+            }
+        }
+    }
 }
 
 /// Copies one header line of `req` by name (first occurrence), name as written.
@@ -230,10 +257,10 @@ mod tests {
     #[test]
     fn pop_via_removes_exactly_our_via() {
         let r = msg("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKa, SIP/2.0/UDP [::1]:4000;branch=z9hG4bK1\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:b@y>;tag=2\r\nCall-ID: c\r\nCSeq: 5 INVITE\r\nContent-Length: 0\r\n\r\n");
-        let s = String::from_utf8(pop_via_and_cseq(&r, None).to_vec()).unwrap();
+        let s = String::from_utf8(pop_via_and_cseq(&r, None, None).to_vec()).unwrap();
         assert!(s.starts_with("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP [::1]:4000;branch=z9hG4bK1\r\nFrom"), "{s}");
         let r = msg("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKa\r\nVia: SIP/2.0/UDP [::1]:4000;branch=z9hG4bK1\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:b@y>;tag=2\r\nCall-ID: c\r\nCSeq: 5 INVITE\r\nContent-Length: 0\r\n\r\n");
-        let s = String::from_utf8(pop_via_and_cseq(&r, None).to_vec()).unwrap();
+        let s = String::from_utf8(pop_via_and_cseq(&r, None, None).to_vec()).unwrap();
         assert!(s.starts_with("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP [::1]:4000;branch=z9hG4bK1\r\nFrom"), "{s}");
     }
 

@@ -10,12 +10,15 @@
 
 pub mod dialog;
 pub mod edit;
+pub mod media;
 mod proxy;
 mod register;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod register_tests;
+#[cfg(test)]
+mod media_tests;
 
 use crate::auth::{Bans, NonceCounts, Nonces};
 use crate::registrar::{Change, Flow, Registrar};
@@ -31,6 +34,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+pub use media::MediaOp;
 pub use proxy::ProxyCtx;
 
 /// Everything the engine is told.
@@ -50,6 +54,11 @@ pub enum Input {
     Stored { id: u64, ok: bool },
     /// A TCP connection ended (closed by the peer, reset, idle timeout): the flow is gone.
     FlowClosed { transport: TransportKind, local: SocketAddr, remote: SocketAddr },
+    /// The relay's answer to [`MediaOp::Create`] of [`Output::Media`] `id`: the sessions, in
+    /// the order asked, or why none was made.
+    Media { id: u64, result: Result<Vec<sixgate_relay::SessionInfo>, String> },
+    /// The relay heard nothing on `leg` of `session` for the media timeout.
+    MediaTimeout { session: sixgate_relay::SessionId, leg: sixgate_relay::LegId },
 }
 
 /// Bytes to send: over which transport, from which of our sockets, to where. `client` names the
@@ -75,6 +84,8 @@ pub enum Event {
     FlowDead { remote: SocketAddr, reason: &'static str },
     /// A source network is banned after repeated failed authentications.
     Banned { network: IpAddr },
+    /// A relayed call's media stopped from one side (`silent`: "caller" or "callee").
+    MediaTimeout { call_id: String, silent: &'static str },
 }
 
 /// Everything the engine asks for.
@@ -85,6 +96,8 @@ pub enum Output {
     Resolve { id: u64, query: Query },
     /// Make these binding changes durable, all at once; answer with [`Input::Stored`] `id`.
     Store { id: u64, changes: Vec<Change> },
+    /// Work for the media relay; [`MediaOp::Create`] is answered with [`Input::Media`] `id`.
+    Media { id: u64, op: MediaOp },
     Event(Event),
 }
 
@@ -123,6 +136,11 @@ pub struct Stats {
     pub flows_dead: u64,
     pub bindings_expired: u64,
     pub store_failures: u64,
+    /// Calls refused for their SDP (488) and for want of relay sessions (503).
+    pub media_refused: u64,
+    pub media_failures: u64,
+    /// Relayed calls whose media stopped on one side.
+    pub media_timeouts: u64,
     /// Gauges the driver fills in: bindings and flows held by the registrar.
     pub bindings: u64,
     pub flows: u64,
@@ -162,6 +180,9 @@ impl Stats {
             ("flows_dead", self.flows_dead),
             ("bindings_expired", self.bindings_expired),
             ("store_failures", self.store_failures),
+            ("media_refused", self.media_refused),
+            ("media_relay_failures", self.media_failures),
+            ("media_timeouts", self.media_timeouts),
         ];
         for (name, v) in plain {
             out.push_str(&format!("sixgate_engine_{name}_total {v}\n"));
@@ -184,6 +205,8 @@ pub struct TableSizes {
     pub dns_lookups: usize,
     /// Store commits whose 200 is waiting.
     pub pending_store: usize,
+    /// Branches waiting for their relay sessions.
+    pub media_waits: usize,
 }
 
 impl TableSizes {
@@ -330,6 +353,9 @@ pub struct Engine {
     limits: crate::config::Limits,
     auth: crate::config::AuthConfig,
     max_branches: usize,
+    media: media::MediaPolicy,
+    /// Branches waiting for the relay, by [`Output::Media`] id.
+    media_waits: HashMap<u64, media::MediaWait>,
     router: Router,
     nonces: Nonces,
     nonce_counts: NonceCounts,
@@ -389,6 +415,8 @@ impl Engine {
             limits: cfg.limits.clone(),
             auth: cfg.auth.clone(),
             max_branches: cfg.routing.max_branches,
+            media: media::MediaPolicy::from(&cfg.media),
+            media_waits: HashMap::new(),
             router: Router::new(cfg),
             nonces: Nonces::new(params.nonce_key, cfg.auth.nonce_lifetime_secs),
             nonce_counts: NonceCounts::default(),
@@ -457,6 +485,8 @@ impl Engine {
             }
             Input::Stored { id, ok } => self.on_stored(now, id, ok),
             Input::FlowClosed { transport, local, remote } => self.end_flow(Flow { transport, local, remote }, "connection closed"),
+            Input::Media { id, result } => self.on_media(now, id, result),
+            Input::MediaTimeout { session, leg } => self.on_media_timeout(now, session, leg),
         }
     }
 
@@ -502,6 +532,7 @@ impl Engine {
             dialogs: self.dialogs.len(),
             dns_lookups: self.lookups.values().filter(|(_, w)| !matches!(w, proxy::LookupWaiter::Probe { .. })).count(),
             pending_store: self.pending_replies.len(),
+            media_waits: self.media_waits.len(),
         }
     }
 
@@ -854,6 +885,9 @@ impl Engine {
                 if self.dialog_index.get(&k) == Some(&did) {
                     self.dialog_index.remove(&k);
                 }
+            }
+            for s in d.media.iter().flat_map(|m| m.call.streams.iter().flatten()) {
+                self.media_op(MediaOp::Delete(s.session));
             }
             self.event(Event::CallEnded { call_id: String::from_utf8_lossy(&d.call_id).into_owned(), reason });
         }

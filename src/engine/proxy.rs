@@ -16,6 +16,7 @@ use crate::message::{parse, HeaderName, Host, Message, Method, Scheme, Span};
 use crate::routing::dns::{DnsError, Query, Resolution};
 use crate::routing::Called;
 use crate::transaction::{Kind, ServerKey, ServerState, ServerTxn};
+use crate::media::offer::Side;
 use crate::transport::{self, Inbound};
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -48,6 +49,8 @@ pub(super) struct Candidate {
     route: Vec<String>,
     dest: Dest,
     carrier: Option<usize>,
+    /// The destination is a phone behind NAT (its binding says so): its media leg latches.
+    pub(super) nat: bool,
 }
 
 #[derive(Debug)]
@@ -64,6 +67,8 @@ struct Branch {
     auth_retried: bool,
     /// The CSeq number this branch's request carried.
     cseq: u32,
+    /// Its relay sessions, when its media is relayed.
+    media: Option<super::media::BranchMedia>,
 }
 
 /// RFC 3261 §16 "response context": one per forwarded request.
@@ -72,11 +77,11 @@ pub struct ProxyCtx {
     server: u64,
     /// The request as received, while a branch may still need it (new branches, carrier
     /// credentials, a dialog from a 2xx); dropped once every branch has its final answer.
-    request: Option<Message>,
-    method: Method,
+    pub(super) request: Option<Message>,
+    pub(super) method: Method,
     /// The CSeq number the caller used (responses are set back to it).
     original_cseq: u32,
-    from: Inbound,
+    pub(super) from: Inbound,
     is_invite: bool,
     /// Dialog-creating requests get Record-Route.
     record_route: bool,
@@ -88,13 +93,19 @@ pub struct ProxyCtx {
     /// The best final response so far: status, bytes to send upstream (our Via popped), or
     /// `None` bytes when we must generate it.
     best: Option<(u16, Option<Bytes>)>,
-    final_sent: bool,
-    cancelled: bool,
+    pub(super) final_sent: bool,
+    pub(super) cancelled: bool,
     lookups_pending: usize,
+    /// Branches waiting for their relay sessions.
+    pub(super) media_pending: usize,
+    /// Why the relay could not take the call (answered when nothing better came back).
+    pub(super) media_refused: Option<(u16, &'static str)>,
+    /// Which side of the call sent this request (the caller for a new INVITE).
+    pub(super) side: Side,
     user: Option<String>,
-    carrier_origin: Option<usize>,
+    pub(super) carrier_origin: Option<usize>,
     /// The dialog an in-dialog request belongs to; BYE ends it.
-    dialog: Option<u64>,
+    pub(super) dialog: Option<u64>,
     /// Added to the CSeq of this request on every branch (in-dialog toward a carrier that took
     /// one CSeq number for its digest round).
     cseq_offset: u32,
@@ -121,6 +132,7 @@ struct InDialog {
     /// The carrier on the receiving side (its challenges are answered with its credentials).
     carrier: Option<usize>,
     cseq_offset: u32,
+    side: Side,
 }
 
 /// Who waits for a DNS lookup.
@@ -144,6 +156,7 @@ struct Plan {
     carrier_origin: Option<usize>,
     dialog: Option<u64>,
     cseq_offset: u32,
+    side: Side,
 }
 
 /// Route processing of one request (§16.4): how many of our own Route entries lead it, and
@@ -339,7 +352,7 @@ impl Engine {
                     .filter_map(|c| {
                         let ruri = self.router.carrier_request_uri(c, &number);
                         let dest = self.dest_of(&self.router.carriers()[c].uri)?;
-                        Some(Candidate { ruri: Some(ruri), route: Vec::new(), dest, carrier: Some(c) })
+                        Some(Candidate { ruri: Some(ruri), route: Vec::new(), dest, carrier: Some(c), nat: false })
                     })
                     .collect();
                 let Some(first) = serial.pop_front() else {
@@ -353,6 +366,7 @@ impl Engine {
                     carrier_origin: None,
                     dialog: None,
                     cseq_offset: 0,
+                    side: Side::Caller,
                 })
             }
             Called::Unknown => Answer(404, "Not Found", vec![]),
@@ -368,9 +382,10 @@ impl Engine {
             route: b.path.clone(),
             dest: Dest::Hop(Hop { transport: b.flow.transport, local: b.flow.local, dest: b.flow.remote }),
             carrier: None,
+            nat: b.nat.is_some(),
         });
         let configured = self.router.user(username).map(|u| u.contacts.clone()).unwrap_or_default();
-        let configured = configured.iter().filter_map(|c| Some(Candidate { ruri: Some(c.text.clone()), route: Vec::new(), dest: self.dest_of(c)?, carrier: None }));
+        let configured = configured.iter().filter_map(|c| Some(Candidate { ruri: Some(c.text.clone()), route: Vec::new(), dest: self.dest_of(c)?, carrier: None, nat: false }));
         let parallel: Vec<Candidate> = registered.chain(configured).take(self.max_branches).collect();
         if parallel.is_empty() {
             return if self.registrar.flow_failed(username, unix) {
@@ -382,7 +397,7 @@ impl Engine {
         if creates_dialog(method) && self.dialogs.len() >= self.limits.max_dialogs {
             return Decision::Answer(503, "Service Unavailable (call limit)", vec![("Retry-After", "10".into())]);
         }
-        Decision::Forward(Plan { parallel, serial: VecDeque::new(), record_route: record_routes(method), user, carrier_origin, dialog: None, cseq_offset: 0 })
+        Decision::Forward(Plan { parallel, serial: VecDeque::new(), record_route: record_routes(method), user, carrier_origin, dialog: None, cseq_offset: 0, side: Side::Caller })
     }
 
     /// Checks the caller's digest credentials: the authenticated username, or the answer that
@@ -488,13 +503,14 @@ impl Engine {
         match self.in_dialog(now, req, from) {
             Err((status, reason)) => Decision::Answer(status, reason, vec![]),
             Ok(d) => Decision::Forward(Plan {
-                parallel: vec![Candidate { ruri: routing.new_ruri.clone(), route: Vec::new(), dest: Dest::Hop(d.target), carrier: d.carrier }],
+                parallel: vec![Candidate { ruri: routing.new_ruri.clone(), route: Vec::new(), dest: Dest::Hop(d.target), carrier: d.carrier, nat: false }],
                 serial: VecDeque::new(),
                 record_route: false,
                 user: None,
                 carrier_origin: None,
                 dialog: Some(d.id),
                 cseq_offset: d.cseq_offset,
+                side: d.side,
             }),
         }
     }
@@ -524,10 +540,15 @@ impl Engine {
         if self.listeners.iter().any(|(_, a)| *a == target.dest) {
             return Err((482, "Loop Detected"));
         }
+        let seq = req.cseq.seq;
         if let Some(d) = self.dialogs.get_mut(&id) {
             d.last_activity = now;
+            // The CSeq each side used last: a BYE we send for a side continues from it.
+            let last = if from_caller { &mut d.teardown.caller_cseq } else { &mut d.teardown.callee_cseq };
+            *last = (*last).max(seq);
         }
-        Ok(InDialog { id, target, carrier, cseq_offset })
+        let side = if from_caller { Side::Caller } else { Side::Callee };
+        Ok(InDialog { id, target, carrier, cseq_offset, side })
     }
 
     /// Where a party's in-dialog requests go, and the address its Contact names (admitted as a
@@ -658,6 +679,9 @@ impl Engine {
                 final_sent: false,
                 cancelled: false,
                 lookups_pending: 0,
+                media_pending: 0,
+                media_refused: None,
+                side: plan.side,
                 user: plan.user,
                 carrier_origin: plan.carrier_origin,
                 dialog: plan.dialog,
@@ -743,15 +767,15 @@ impl Engine {
         };
         if let Some(ctx) = self.contexts.get_mut(&ctx_id) {
             for h in rest.iter().rev() {
-                ctx.serial.push_front(Candidate { ruri: c.ruri.clone(), route: c.route.clone(), dest: Dest::Hop(*h), carrier: c.carrier });
+                ctx.serial.push_front(Candidate { ruri: c.ruri.clone(), route: c.route.clone(), dest: Dest::Hop(*h), carrier: c.carrier, nat: c.nat });
             }
         }
         self.send_branch(now, ctx_id, c, *first, None);
     }
 
-    /// A candidate that could not even be tried (no address, no listener): record the failure
-    /// and move on to the next one.
-    fn candidate_failed(&mut self, now: Instant, ctx_id: u64, status: u16) {
+    /// A candidate that could not even be tried (no address, no listener, no relay session):
+    /// record the failure and move on to the next one.
+    pub(super) fn candidate_failed(&mut self, now: Instant, ctx_id: u64, status: u16) {
         let Some(ctx) = self.contexts.get_mut(&ctx_id) else { return };
         record_best(ctx, status, None);
         if let Some(next) = ctx.serial.pop_front() {
@@ -760,9 +784,43 @@ impl Engine {
         self.maybe_finish(now, ctx_id);
     }
 
+    /// Sends a branch once its media is settled: at once for direct media or streams the call
+    /// already has, after the relay made its sessions otherwise; a body we cannot relay fails
+    /// the candidate with 488.
+    fn send_branch(&mut self, now: Instant, ctx_id: u64, c: Candidate, hop: Hop, auth: Option<(String, u32)>) {
+        use super::media::{BranchPlan, MediaWait};
+        let Some(ctx) = self.contexts.get(&ctx_id) else { return };
+        match self.plan_branch_media(ctx, &c, hop) {
+            BranchPlan::Direct => self.send_branch_with(now, ctx_id, c, hop, auth, None),
+            BranchPlan::Ready(media) => self.send_branch_with(now, ctx_id, c, hop, auth, Some(media)),
+            BranchPlan::Create { media, slots, specs } => {
+                self.create_media(MediaWait { ctx: ctx_id, candidate: c, hop, auth, media, slots }, specs);
+            }
+            BranchPlan::Refuse(status, reason) => {
+                self.stats.media_refused += 1;
+                if let Some(ctx) = self.contexts.get_mut(&ctx_id) {
+                    ctx.media_refused = Some((status, reason));
+                }
+                self.candidate_failed(now, ctx_id, status);
+            }
+        }
+    }
+
     /// Builds the branch request and starts its client transaction. `auth` is a credentials line
     /// for a carrier's challenge (then the CSeq goes up by one).
-    fn send_branch(&mut self, now: Instant, ctx_id: u64, c: Candidate, hop: Hop, auth: Option<(String, u32)>) {
+    pub(super) fn send_branch_with(&mut self, now: Instant, ctx_id: u64, c: Candidate, hop: Hop, auth: Option<(String, u32)>, mut media: Option<super::media::BranchMedia>) {
+        let Some((side, request)) = self.contexts.get(&ctx_id).and_then(|c| Some((c.side, c.request.as_ref()?))) else {
+            self.release_branch_media(media);
+            return;
+        };
+        // Only a relayed branch pays for a copy of the request (its SDP is rewritten).
+        let body = match media.as_mut() {
+            Some(m) => {
+                let request = request.clone();
+                self.offer_body(&request, side, m)
+            }
+            None => None,
+        };
         let Some(ctx) = self.contexts.get(&ctx_id) else { return };
         let Some(request) = &ctx.request else { return };
         let inbound_hop = Hop { transport: ctx.from.transport, local: ctx.from.local, dest: ctx.from.remote };
@@ -778,6 +836,7 @@ impl Engine {
             }
         }
         let Some(cseq) = checked_cseq(ctx.original_cseq, ctx.cseq_offset + u32::from(auth.is_some())) else {
+            self.release_branch_media(media);
             self.candidate_failed(now, ctx_id, 500);
             return;
         };
@@ -803,6 +862,7 @@ impl Engine {
                 pop_last_route: ctx.pop_last_route,
                 drop_lines: &ctx.drop_lines,
                 cseq: (cseq != ctx.original_cseq).then_some(cseq),
+                body: body.as_deref(),
             },
         );
         let framing = hop.transport.framing();
@@ -811,6 +871,7 @@ impl Engine {
             Err(e) => {
                 // Our edits made something unparsable: a bug, never the caller's fault.
                 tracing::error!(error = %e, "forwarded request does not parse");
+                self.release_branch_media(media);
                 self.candidate_failed(now, ctx_id, 500);
                 return;
             }
@@ -819,7 +880,7 @@ impl Engine {
         let index = ctx.branches.len();
         let auth_retried = auth.is_some();
         if let Some(ctx) = self.contexts.get_mut(&ctx_id) {
-            ctx.branches.push(Branch { client: None, candidate: c, hop, final_status: None, provisional: false, alerted: false, cancel_pending: false, auth_retried, cseq });
+            ctx.branches.push(Branch { client: None, candidate: c, hop, final_status: None, provisional: false, alerted: false, cancel_pending: false, auth_retried, cseq, media });
         }
         let cid = self.start_client(now, parsed, bytes, hop, ClientOwner::Branch { ctx: ctx_id, branch: index }, is_invite);
         self.stats.requests_forwarded += 1;
@@ -832,7 +893,7 @@ impl Engine {
     }
 
     /// Our Via for a request leaving on `hop` (RFC 3261 §16.6 step 8, with `rport`: RFC 3581).
-    fn via_line(&self, hop: &Hop, branch: &str) -> String {
+    pub(super) fn via_line(&self, hop: &Hop, branch: &str) -> String {
         let proto = if hop.transport == TransportKind::Tcp { "TCP" } else { "UDP" };
         format!("Via: SIP/2.0/{proto} {};branch={branch};rport\r\n", self.advertised(hop))
     }
@@ -845,9 +906,18 @@ impl Engine {
     /// A response (or a timeout/transport failure as `status` with no message) on a branch.
     pub(super) fn branch_response(&mut self, now: Instant, ctx_id: u64, index: usize, cid: u64, status: u16, resp: Option<Message>) {
         let Some(ctx) = self.contexts.get_mut(&ctx_id) else { return };
+        // A relayed branch: the answer's SDP (or a late offer in the 2xx) is shown rewritten.
+        let answerer = ctx.side.other();
+        let mut media = ctx.branches.get_mut(index).and_then(|b| b.media.take());
+        let body = match (media.as_mut(), resp.as_ref()) {
+            (Some(m), Some(r)) if (101..300).contains(&status) => self.answer_body(r, answerer, m),
+            _ => None,
+        };
+        let Some(ctx) = self.contexts.get_mut(&ctx_id) else { return };
         let original_cseq = ctx.original_cseq;
         let Some(b) = ctx.branches.get_mut(index) else { return };
-        let upstream = |resp: &Message, b: &Branch| edit::pop_via_and_cseq(resp, (b.cseq != original_cseq).then_some(original_cseq));
+        b.media = media;
+        let upstream = |resp: &Message, b: &Branch| edit::pop_via_and_cseq(resp, (b.cseq != original_cseq).then_some(original_cseq), body.as_deref());
         if status < 200 {
             b.provisional = true;
             b.alerted |= status > 100;
@@ -883,8 +953,22 @@ impl Engine {
                 ctx.serial.clear();
                 self.stats.responses_forwarded += u64::from(self.send_response(now, server, status, bytes));
             }
-            if first_final && dialog_of_request.is_none() && (is_invite || creates_subscription) {
-                self.create_dialog(now, ctx_id, &resp, hop, carrier, branch_cseq);
+            let dialog = match dialog_of_request {
+                None if first_final && (is_invite || creates_subscription) => self.create_dialog(now, ctx_id, &resp, hop, carrier, branch_cseq),
+                Some(did) if first_final => Some(did),
+                _ => None,
+            };
+            if let Some(did) = dialog {
+                // The call's media is now this branch's (a copy stays for 2xx retransmissions;
+                // its sessions are the dialog's to delete from here on).
+                let adopted = self.contexts.get_mut(&ctx_id).and_then(|c| c.branches.get_mut(index)).and_then(|b| b.media.as_mut()).map(|m| {
+                    let copy = m.clone();
+                    m.created.clear();
+                    copy
+                });
+                if let Some(m) = adopted {
+                    self.adopt_media(did, m);
+                }
             }
             if is_invite && first_final {
                 // §16.7 step 10: a 2xx ends the other branches.
@@ -901,13 +985,18 @@ impl Engine {
             self.retire_if_answered(ctx_id);
             return;
         }
+        // A branch that failed carries no media.
+        let media = b.media.take();
+        let auth_retried = b.auth_retried;
+        self.release_branch_media(media);
+        let Some(ctx) = self.contexts.get_mut(&ctx_id) else { return };
         if !first_final || ctx.final_sent {
             // A late answer (a cancelled branch's 487): maybe the last one we waited for.
             self.retire_if_answered(ctx_id);
             return;
         }
         // A carrier asks for credentials we hold: answer once (RFC 3261 §22.2, as a UAC would).
-        if matches!(status, 401 | 407) && !b.auth_retried && !ctx.cancelled {
+        if matches!(status, 401 | 407) && !auth_retried && !ctx.cancelled {
             if let (Some(c), Some(r)) = (carrier, resp.as_ref()) {
                 if let Some(line) = self.carrier_credentials(c, status, r, ctx_id, index) {
                     let Some(ctx) = self.contexts.get(&ctx_id) else { return };
@@ -1028,12 +1117,12 @@ impl Engine {
     }
 
     /// Sends the best response once every branch has answered and nothing is left to try.
-    fn maybe_finish(&mut self, now: Instant, ctx_id: u64) {
+    pub(super) fn maybe_finish(&mut self, now: Instant, ctx_id: u64) {
         let Some(ctx) = self.contexts.get_mut(&ctx_id) else { return };
         if ctx.final_sent {
             return;
         }
-        let waiting = ctx.branches.iter().any(|b| b.final_status.is_none()) || ctx.lookups_pending > 0 || !ctx.serial.is_empty();
+        let waiting = ctx.branches.iter().any(|b| b.final_status.is_none()) || ctx.lookups_pending > 0 || ctx.media_pending > 0 || !ctx.serial.is_empty();
         if waiting {
             return;
         }
@@ -1041,7 +1130,15 @@ impl Engine {
         let server = ctx.server;
         let best = ctx.best.take();
         let cancelled = ctx.cancelled;
+        let media_refused = ctx.media_refused;
         match best {
+            // Nothing better than our own media refusal: say why (a 503 for want of relay
+            // ports is passed on as such, with Retry-After, unlike a downstream 503).
+            Some((status, None)) if !cancelled && media_refused.is_some_and(|(s, _)| s == status) => {
+                let (status, reason) = media_refused.unwrap_or((status, "Not Acceptable Here"));
+                let retry = [("Retry-After", "10".to_string())];
+                self.answer(now, server, status, reason, if status == 503 { &retry[..] } else { &[] });
+            }
             _ if cancelled => match best {
                 Some((487, Some(bytes))) => {
                     self.send_response(now, server, 487, bytes);
@@ -1078,7 +1175,7 @@ impl Engine {
             return;
         }
         let server = ctx.server;
-        self.contexts.remove(&ctx_id);
+        self.drop_context(ctx_id);
         if let Some(e) = self.servers.get_mut(&server) {
             e.ctx = None;
         }
@@ -1086,13 +1183,23 @@ impl Engine {
 
     /// The server transaction of context `ctx_id` ended: the context goes too.
     pub(super) fn server_gone(&mut self, ctx_id: u64) {
-        self.contexts.remove(&ctx_id);
+        self.drop_context(ctx_id);
     }
 
-    fn create_dialog(&mut self, now: Instant, ctx_id: u64, resp: &Message, hop: Hop, carrier: Option<usize>, branch_cseq: u32) {
-        let Some(ctx) = self.contexts.get(&ctx_id) else { return };
-        let Some(request) = &ctx.request else { return };
-        let (Some(ftag), Some(ttag)) = (request.from.tag, resp.to.tag) else { return };
+    /// Forgets a context, with the relay sessions of branches no dialog adopted.
+    fn drop_context(&mut self, ctx_id: u64) {
+        if let Some(ctx) = self.contexts.remove(&ctx_id) {
+            for b in ctx.branches {
+                self.release_branch_media(b.media);
+            }
+        }
+    }
+
+    /// The dialog a 2xx creates (its id, also when a retransmission finds it made).
+    fn create_dialog(&mut self, now: Instant, ctx_id: u64, resp: &Message, hop: Hop, carrier: Option<usize>, branch_cseq: u32) -> Option<u64> {
+        let ctx = self.contexts.get(&ctx_id)?;
+        let request = ctx.request.as_ref()?;
+        let (Some(ftag), Some(ttag)) = (request.from.tag, resp.to.tag) else { return None };
         let caller_flow = Hop { transport: ctx.from.transport, local: ctx.from.local, dest: ctx.from.remote };
         let caller_carrier = ctx.carrier_origin;
         let caller_target = self.party_target(request, caller_flow, caller_carrier);
@@ -1114,10 +1221,12 @@ impl Engine {
             created: now,
             last_activity: now,
             cseq_offset: branch_cseq.wrapping_sub(ctx.original_cseq),
+            teardown: self.teardown_info(request, resp, caller_flow, hop),
+            media: None,
         };
         let keys = DialogKey::both(&d);
-        if keys.iter().any(|k| self.dialog_index.contains_key(k)) {
-            return; // a retransmitted 2xx of a dialog we already hold
+        if let Some(&did) = keys.iter().find_map(|k| self.dialog_index.get(k)) {
+            return Some(did); // a retransmitted 2xx of a dialog we already hold
         }
         let did = self.id();
         if self.contexts.get(&ctx_id).is_some_and(|c| c.is_invite) {
@@ -1134,6 +1243,35 @@ impl Engine {
         }
         self.dialogs.insert(did, d);
         self.schedule(TimerRef::Dialog(did), Some(now + std::time::Duration::from_secs(self.limits.dialog_idle_secs)));
+        Some(did)
+    }
+
+    /// What a BYE of ours needs to end the dialog on each side: both parties' From/To and
+    /// Contact, and the route set toward each — the Record-Route entries of the 2xx above ours
+    /// lead to the callee (reversed), those below lead to the caller (RFC 3261 §12.1).
+    fn teardown_info(&self, request: &Message, resp: &Message, caller_flow: Hop, callee_flow: Hop) -> super::dialog::Teardown {
+        let value = |m: &Message, n: HeaderName| m.header_value(n).map(|v| String::from_utf8_lossy(v).trim().to_string()).unwrap_or_default();
+        let contact = |m: &Message, flow: Hop| match &m.contacts {
+            crate::message::ContactList::Addrs(v) if !v.is_empty() => m.text(v[0].uri.span).into_owned(),
+            _ => format!("sip:{}", flow.dest),
+        };
+        let rr = edit::elements(resp, HeaderName::RecordRoute);
+        let text = |e: &edit::RouteEntry| resp.text(e.element).into_owned();
+        let ours: Vec<usize> = rr.iter().enumerate().filter(|(_, e)| self.uri_is_ours(resp, &e.addr.uri)).map(|(i, _)| i).collect();
+        let (callee_routes, caller_routes) = match (ours.first(), ours.last()) {
+            (Some(&first), Some(&last)) => (rr[..first].iter().rev().map(text).collect(), rr[last + 1..].iter().map(text).collect()),
+            _ => (Vec::new(), Vec::new()),
+        };
+        super::dialog::Teardown {
+            caller_from: value(request, HeaderName::From),
+            callee_to: value(resp, HeaderName::To),
+            caller_uri: contact(request, caller_flow),
+            callee_uri: contact(resp, callee_flow),
+            caller_routes,
+            callee_routes,
+            caller_cseq: request.cseq.seq,
+            callee_cseq: 0,
+        }
     }
 
     // ----- CANCEL and ACK -----
@@ -1190,7 +1328,7 @@ impl Engine {
             return;
         }
         let routing = self.route_processing(&msg);
-        let Ok(InDialog { target: hop, cseq_offset, .. }) = self.in_dialog(now, &msg, from) else {
+        let Ok(InDialog { target: hop, cseq_offset, id, side, .. }) = self.in_dialog(now, &msg, from) else {
             self.stats.stray_acks += 1;
             return;
         };
@@ -1204,6 +1342,8 @@ impl Engine {
             return;
         };
         let drop_lines = self.lines_to_drop(&msg, self.router.carrier_by_source(from.remote.ip()).is_some());
+        // The answer to a late offer (RFC 3264 in the ACK) of a relayed call.
+        let body = self.ack_body(id, &msg, side);
         let bytes = edit::forward_request(
             &msg,
             &Forward {
@@ -1213,6 +1353,7 @@ impl Engine {
                 pop_last_route: routing.pop_last_route,
                 drop_lines: &drop_lines,
                 cseq: (cseq != msg.cseq.seq).then_some(cseq),
+                body: body.as_deref(),
                 ..Default::default()
             },
         );

@@ -54,6 +54,8 @@ uri = "sip:198.51.100.2:5060"
 prefixes = ["+44"]
 priority = 2
 probe_interval_secs = 0
+[media]
+relay = "never"
 "#;
 
 pub(super) const PHONE: &str = "[2001:db8::10]:5062";
@@ -72,6 +74,12 @@ pub(super) struct Sim {
     pub(super) stored: Vec<Change>,
     /// Answer store requests with a failure.
     pub(super) store_fails: bool,
+    /// Every relay request, and the sessions alive in the fake relay.
+    pub(super) media_ops: Vec<MediaOp>,
+    pub(super) sessions: std::collections::BTreeSet<u64>,
+    /// Session creation fails (ports exhausted).
+    pub(super) media_fails: bool,
+    next_port: u16,
 }
 
 impl Sim {
@@ -83,7 +91,7 @@ impl Sim {
         let mut eng = Engine::new(&cfg, EngineParams { seed: 7, nonce_key: [3; 32], unix_time: 1_800_000_000 });
         let t0 = Instant::now();
         eng.start(t0);
-        Sim { eng, t0, now: t0, stored: Vec::new(), store_fails: false }
+        Sim { eng, t0, now: t0, stored: Vec::new(), store_fails: false, media_ops: Vec::new(), sessions: Default::default(), media_fails: false, next_port: 30000 }
     }
 
     pub(super) fn inbound(&self, transport: TransportKind, remote: &str) -> Inbound {
@@ -113,6 +121,7 @@ impl Sim {
         // Bounded: store answers only release the replies already waiting.
         for _ in 0..1000 {
             let mut acks = Vec::new();
+            let mut made = Vec::new();
             while let Some(o) = self.eng.poll_output() {
                 match o {
                     Output::Transmit(t) => v.push(t),
@@ -120,17 +129,50 @@ impl Sim {
                         self.stored.extend(changes);
                         acks.push(id);
                     }
+                    Output::Media { id, op } => {
+                        self.media_ops.push(op.clone());
+                        match op {
+                            MediaOp::Create(specs) => made.push((id, self.fake_relay(&specs))),
+                            MediaOp::Delete(s) => assert!(self.sessions.remove(&s.0), "deleted twice or never made: {s:?}"),
+                            MediaOp::Update(u) => assert!(self.sessions.contains(&u.session.0), "update of a dead session {u:?}"),
+                        }
+                    }
                     _ => {}
                 }
             }
-            if acks.is_empty() {
+            if acks.is_empty() && made.is_empty() {
                 break;
             }
             for id in acks {
                 self.eng.handle(self.now, Input::Stored { id, ok: !self.store_fails });
             }
+            for (id, result) in made {
+                self.eng.handle(self.now, Input::Media { id, result });
+            }
         }
         v
+    }
+
+    /// The fake relay: sessions on 2001:db8::5 / 192.0.2.5, even ports counting up.
+    fn fake_relay(&mut self, specs: &[sixgate_relay::SessionSpec]) -> Result<Vec<sixgate_relay::SessionInfo>, String> {
+        use sixgate_relay::{Family, LegAddrs, SessionId, SessionInfo};
+        if self.media_fails {
+            return Err("no free V4 relay ports".into());
+        }
+        let mut out = Vec::new();
+        for spec in specs {
+            let mut leg = |f: Family| {
+                let ip = if f == Family::V6 { "2001:db8::5" } else { "192.0.2.5" };
+                let rtp = SocketAddr::new(ip.parse().unwrap(), self.next_port);
+                self.next_port += 2;
+                LegAddrs { rtp, rtcp: SocketAddr::new(rtp.ip(), rtp.port() + 1) }
+            };
+            let legs = [leg(spec.legs[0].family), leg(spec.legs[1].family)];
+            let id = u64::from(self.next_port);
+            self.sessions.insert(id);
+            out.push(SessionInfo { id: SessionId(id), legs });
+        }
+        Ok(out)
     }
 
     /// Jumps to the next deadline (at most to `limit` after t0); returns what was sent.
@@ -182,7 +224,7 @@ pub(super) fn header(t: &Transmit, name: &str) -> Vec<String> {
     text(t).lines().filter_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_string)).collect()
 }
 
-fn invite(ruri: &str, from_user: &str, call: &str, branch: &str, cseq: u32, extra: &str) -> String {
+pub(super) fn invite(ruri: &str, from_user: &str, call: &str, branch: &str, cseq: u32, extra: &str) -> String {
     format!(
         "INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::10]:5062;branch=z9hG4bK{branch};rport\r\nMax-Forwards: 70\r\n\
          From: <sip:{from_user}@sixgate.test>;tag=caller1\r\nTo: <{ruri}>\r\nCall-ID: {call}\r\nCSeq: {cseq} INVITE\r\n\

@@ -1,8 +1,10 @@
 //! Media hand-off (DESIGN.md "media/"): SDP parsing and rewriting between address families
 //! ([`sdp`], RFC 8866 / RFC 3264 / RFC 3605), the per-call relay decision ([`policy`]), and the
-//! relay (`sixgate-relay`) configured from `[media]` and started inside `sixgate run`. The
-//! offer/answer state per dialog plugs in next (issue: calls across address families).
+//! relay (`sixgate-relay`) configured from `[media]` and started inside `sixgate run`, and
+//! offer/answer through relay sessions ([`offer`]: which session carries each m-line, the peers
+//! the relay learns, the SDP each side is shown). The engine drives it (`engine/media.rs`).
 
+pub mod offer;
 pub mod policy;
 pub mod sdp;
 

@@ -33,6 +33,23 @@ pub enum SdpError {
     BadRtcp,
 }
 
+impl SdpError {
+    /// The reason phrase of the 488 that refuses such a body.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SdpError::NotText => "Not Acceptable Here (SDP is not UTF-8 text)",
+            SdpError::BadLine(_) => "Not Acceptable Here (SDP line is not <letter>=<value>)",
+            SdpError::NoVersion => "Not Acceptable Here (SDP does not start with v=0)",
+            SdpError::BadOrigin => "Not Acceptable Here (SDP o= line missing or malformed)",
+            SdpError::BadConnection => "Not Acceptable Here (SDP c= line malformed or a host name)",
+            SdpError::UnknownFamily => "Not Acceptable Here (SDP c= names an address family we cannot serve)",
+            SdpError::BadMedia => "Not Acceptable Here (SDP m= line malformed or port out of range)",
+            SdpError::NoConnection => "Not Acceptable Here (SDP m= line without connection data)",
+            SdpError::BadRtcp => "Not Acceptable Here (SDP a=rtcp malformed)",
+        }
+    }
+}
+
 /// Direction attribute of a stream (RFC 3264 §6.1), `sendrecv` when absent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
@@ -59,6 +76,9 @@ pub struct Media {
     pub direction: Direction,
     /// Any ICE attribute in the section or at session level.
     pub ice: bool,
+    /// The RTP clock rate of the first format (its `a=rtpmap`, else the static payload type's,
+    /// RFC 3551), for the relay's jitter figures.
+    pub clock_rate: u32,
 }
 
 /// A parsed SDP body: its lines (kept verbatim) and the streams.
@@ -184,6 +204,7 @@ impl Sdp {
                 rtcp_mux: false,
                 direction: session_dir,
                 ice: session_ice,
+                clock_rate: static_clock_rate(f[0], f[3]),
             };
             let mut addr = session_addr;
             for (t, r) in &lines[m + 1..end] {
@@ -197,6 +218,9 @@ impl Sdp {
                         mm.direction = direction(v).unwrap_or(mm.direction);
                         if name == "rtcp" {
                             mm.rtcp = Some(parse_rtcp(v)?);
+                        }
+                        if let Some(rate) = rtpmap_rate(v, f[3]) {
+                            mm.clock_rate = rate;
                         }
                     }
                     _ => {}
@@ -251,7 +275,9 @@ impl Sdp {
                 b'a' if strip_ice && is_ice(attr_name(v)) => {}
                 b'a' if attr_name(v) == "rtcp" => {
                     let rtp = media.map(|(k, m)| if m.port == 0 { 0 } else { ports.get(k).copied().unwrap_or(m.port) }).unwrap_or(0);
-                    let rtcp = if rtp == 0 { 0 } else { rtp.saturating_add(1) };
+                    // With rtcp-mux the relay's leg takes RTCP on its RTP port (RFC 5761 §5.1.3).
+                    let mux = media.is_some_and(|(_, m)| m.rtcp_mux);
+                    let rtcp = if rtp == 0 || mux { rtp } else { rtp.saturating_add(1) };
                     out.push_str(&format!("a=rtcp:{rtcp} IN {} {addr}\r\n", family(addr)));
                 }
                 _ => {
@@ -264,6 +290,29 @@ impl Sdp {
         }
         out
     }
+}
+
+/// The clock rate of static payload type `pt` (RFC 3551 tables 4 and 5); 8 kHz for audio and
+/// 90 kHz for video when it is dynamic (an `a=rtpmap` then says).
+fn static_clock_rate(kind: &str, pt: &str) -> u32 {
+    match (kind, pt.parse::<u8>()) {
+        (_, Ok(6)) => 16_000,
+        (_, Ok(10 | 11)) => 44_100,
+        (_, Ok(14 | 25 | 26 | 28 | 31 | 32 | 33 | 34)) => 90_000,
+        (_, Ok(16)) => 11_025,
+        (_, Ok(17)) => 22_050,
+        ("video", _) => 90_000,
+        _ => 8_000,
+    }
+}
+
+/// `rtpmap:<pt> <name>/<rate>[/<channels>]` for payload type `pt`: its rate, if sane.
+fn rtpmap_rate(a: &str, pt: &str) -> Option<u32> {
+    let (p, enc) = a.strip_prefix("rtpmap:")?.split_once(' ')?;
+    if p.trim() != pt {
+        return None;
+    }
+    enc.split('/').nth(1)?.trim().parse::<u32>().ok().filter(|r| (1..=192_000).contains(r))
 }
 
 fn direction(a: &str) -> Option<Direction> {

@@ -1,0 +1,389 @@
+//! The media hand-off inside the engine: for each INVITE/UPDATE branch, whether its media goes
+//! through the relay ([`crate::media::policy`], from each leg's flow), asking the relay for the
+//! sessions an offer needs ([`MediaOp::Create`], answered by [`super::Input::Media`]) while the
+//! branch waits, rewriting every SDP on the way ([`crate::media::offer`]), moving the winning
+//! branch's sessions into the dialog, deleting everything else, and ending a call whose media
+//! stopped (a BYE to both sides, RFC 3261 §15 as a B2BUA would, with a Reason).
+//!
+//! Must never: forward an SDP of a relayed call unrewritten, keep a relay session that no
+//! branch or dialog owns, or send media state to the relay for a party not of the call.
+
+use super::dialog::Dialog;
+use super::proxy::Candidate;
+use super::{ClientOwner, Engine, Event, Hop, Output, ProxyCtx};
+use crate::config::{RelayMode, TransportKind};
+use crate::media::offer::{self, CallMedia, Party, PeerUpdate, Side};
+use crate::media::policy::{needs_relay, LegView};
+use crate::media::sdp::Sdp;
+use crate::message::{HeaderName, Message, Method};
+use crate::registrar::{nat, Flow};
+use sixgate_relay::{Family, LegId, SessionId, SessionInfo, SessionSpec};
+use std::time::Instant;
+
+/// What the engine asks of the relay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MediaOp {
+    /// Create these sessions, all or none; answer with [`super::Input::Media`].
+    Create(Vec<SessionSpec>),
+    /// A leg's peer from a party's SDP (no answer expected).
+    Update(PeerUpdate),
+    /// The session is no longer used (no answer expected).
+    Delete(SessionId),
+}
+
+/// `[media]` as the engine applies it.
+#[derive(Clone, Debug)]
+pub(super) struct MediaPolicy {
+    pub mode: RelayMode,
+    pub v6: bool,
+    pub v4: bool,
+    pub end_call_on_timeout: bool,
+}
+
+impl MediaPolicy {
+    pub fn from(cfg: &crate::config::MediaConfig) -> MediaPolicy {
+        MediaPolicy { mode: cfg.relay, v6: cfg.ipv6.is_some(), v4: cfg.ipv4.is_some(), end_call_on_timeout: cfg.end_call_on_timeout }
+    }
+    fn serves(&self, f: Family) -> bool {
+        match f {
+            Family::V6 => self.v6,
+            Family::V4 => self.v4,
+        }
+    }
+}
+
+/// A relayed call's media, kept with its dialog: the streams (relay sessions, ports and
+/// families of both legs), the versions shown, and what we know of each party.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DialogMedia {
+    pub call: CallMedia,
+    /// Caller, callee.
+    pub parties: [Party; 2],
+}
+
+/// The media of one branch's request: the streams it uses, the sessions made for it (deleted
+/// unless a 2xx adopts them), and the offerer's peers, applied once the answer comes (a
+/// rejected re-INVITE leaves the call as it was, RFC 3264 §8).
+#[derive(Clone, Debug)]
+pub(super) struct BranchMedia {
+    pub call: CallMedia,
+    pub parties: [Party; 2],
+    pub created: Vec<SessionId>,
+    pub pending: Vec<PeerUpdate>,
+}
+
+/// A branch waiting for its sessions.
+pub(super) struct MediaWait {
+    pub ctx: u64,
+    pub candidate: Candidate,
+    pub hop: Hop,
+    pub auth: Option<(String, u32)>,
+    pub media: BranchMedia,
+    /// The m-line each created session serves.
+    pub slots: Vec<usize>,
+}
+
+/// What a branch's request needs.
+pub(super) enum BranchPlan {
+    /// Direct media (or no SDP in this method): forward as is.
+    Direct,
+    Ready(BranchMedia),
+    Create { media: BranchMedia, slots: Vec<usize>, specs: Vec<SessionSpec> },
+    Refuse(u16, &'static str),
+}
+
+fn family_of(a: std::net::SocketAddr) -> Family {
+    Family::of(&a)
+}
+
+fn view(p: &Party) -> LegView {
+    LegView { ipv6: p.family == Family::V6, nat: p.nat }
+}
+
+/// Whether a message's body is SDP (`Content-Type: application/sdp`, parameters allowed).
+fn is_sdp(msg: &Message) -> bool {
+    msg.header_value(HeaderName::ContentType).is_some_and(|v| {
+        let t = v.split(|&b| b == b';').next().unwrap_or(b"");
+        t.trim_ascii().eq_ignore_ascii_case(b"application/sdp")
+    })
+}
+
+impl Engine {
+    /// The caller as the relay sees it: family and source of its flow, and whether it is behind
+    /// NAT (its registered flow says so, or this request's Via/Contact do). Carriers never are.
+    fn caller_party(&self, ctx: &ProxyCtx, req: &Message) -> Party {
+        let from = ctx.from;
+        let flow = Flow { transport: from.transport, local: from.local, remote: from.remote };
+        let registered = self.registrar.flow(&flow).is_some_and(|f| f.nat);
+        let via = req.top_via();
+        let via_addr = via.host.ip().map(|ip| (ip, via.port.unwrap_or(5060)));
+        let contact = match &req.contacts {
+            crate::message::ContactList::Addrs(v) => v.first().and_then(|c| std::str::from_utf8(req.slice(c.uri.span)).ok()),
+            _ => None,
+        };
+        let contact_addr = contact.and_then(|u| crate::config::TargetUri::parse(u).ok()).and_then(|u| u.ip.map(|ip| (ip, u.port.unwrap_or(5060))));
+        let seen = nat::nat_reason(from.remote, from.transport == TransportKind::Tcp, via_addr, contact_addr).is_some();
+        Party { family: family_of(from.remote), nat: ctx.carrier_origin.is_none() && (registered || seen), signal_ip: from.remote.ip() }
+    }
+
+    /// Decides the media of a branch about to be sent: direct, ready (an in-dialog offer the
+    /// call's streams already carry), sessions to create first, or a refusal (488 for a body we
+    /// cannot relay).
+    pub(super) fn plan_branch_media(&self, ctx: &ProxyCtx, c: &Candidate, hop: Hop) -> BranchPlan {
+        let Some(req) = &ctx.request else { return BranchPlan::Direct };
+        if !matches!(ctx.method, Method::Invite | Method::Update) || self.media.mode == RelayMode::Never {
+            return BranchPlan::Direct;
+        }
+        let (current, parties) = match ctx.dialog {
+            Some(did) => match self.dialogs.get(&did).and_then(|d| d.media.as_ref()) {
+                Some(m) => (m.call.clone(), m.parties),
+                None => return BranchPlan::Direct, // a call with direct media stays direct
+            },
+            None if ctx.method == Method::Invite => {
+                let caller = self.caller_party(ctx, req);
+                let callee = Party { family: family_of(hop.dest), nat: c.nat, signal_ip: hop.dest.ip() };
+                if !needs_relay(self.media.mode, view(&caller), view(&callee)) {
+                    return BranchPlan::Direct;
+                }
+                (CallMedia::default(), [caller, callee])
+            }
+            None => return BranchPlan::Direct,
+        };
+        let from = ctx.side;
+        let idx = |s: Side| if s == Side::Caller { 0 } else { 1 };
+        let (sender, receiver) = (parties[idx(from)], parties[idx(from.other())]);
+        let base = BranchMedia { call: current, parties, created: Vec::new(), pending: Vec::new() };
+        let body = req.body_bytes();
+        let needed: Vec<(usize, SessionSpec)> = if body.is_empty() {
+            if !base.call.streams.is_empty() || ctx.method != Method::Invite {
+                return BranchPlan::Ready(base);
+            }
+            // Late offer (RFC 3264 via the 2xx): one audio stream waits for it; the 2xx's
+            // offer is shown with it, and any further m-line there is shown disabled.
+            let mine = sender.leg(sender.family, None, false, 8000);
+            let theirs = receiver.leg(receiver.family, None, false, 8000);
+            vec![(0, SessionSpec { legs: [mine, theirs], media_timeout: None })]
+        } else {
+            if !is_sdp(req) {
+                return BranchPlan::Refuse(488, "Not Acceptable Here (body is not application/sdp)");
+            }
+            let sdp = match Sdp::parse(&body) {
+                Ok(s) => s,
+                Err(e) => return BranchPlan::Refuse(488, e.reason()),
+            };
+            if offer::active_streams(&sdp) > offer::MAX_STREAMS {
+                return BranchPlan::Refuse(488, "Not Acceptable Here (too many media streams)");
+            }
+            let receiver_family = |i: usize| base.call.streams.get(i).copied().flatten().map_or(receiver.family, |s| s.family(from.other()));
+            offer::sessions_needed(&sdp, from, &base.call, &sender, &receiver, receiver_family)
+        };
+        for (_, spec) in &needed {
+            for leg in &spec.legs {
+                if !self.media.serves(leg.family) {
+                    return BranchPlan::Refuse(
+                        488,
+                        if leg.family == Family::V6 { "Not Acceptable Here (no IPv6 media relay address)" } else { "Not Acceptable Here (no IPv4 media relay address)" },
+                    );
+                }
+            }
+        }
+        if needed.is_empty() {
+            return BranchPlan::Ready(base);
+        }
+        let (slots, specs) = needed.into_iter().unzip();
+        BranchPlan::Create { media: base, slots, specs }
+    }
+
+    /// Asks the relay for a branch's sessions; the branch goes out when they exist.
+    pub(super) fn create_media(&mut self, wait: MediaWait, specs: Vec<SessionSpec>) {
+        let id = self.id();
+        if let Some(ctx) = self.contexts.get_mut(&wait.ctx) {
+            ctx.media_pending += 1;
+        }
+        self.media_waits.insert(id, wait);
+        self.out.push_back(Output::Media { id, op: MediaOp::Create(specs) });
+    }
+
+    /// The relay's answer to [`MediaOp::Create`] `id`.
+    pub(super) fn on_media(&mut self, now: Instant, id: u64, result: Result<Vec<SessionInfo>, String>) {
+        let Some(mut w) = self.media_waits.remove(&id) else {
+            // Nobody waits (cannot happen: waits are only removed here); free what was made.
+            for s in result.into_iter().flatten() {
+                self.media_op(MediaOp::Delete(s.id));
+            }
+            return;
+        };
+        let ctx_id = w.ctx;
+        let alive = match self.contexts.get_mut(&ctx_id) {
+            Some(ctx) => {
+                ctx.media_pending = ctx.media_pending.saturating_sub(1);
+                !ctx.cancelled && !ctx.final_sent
+            }
+            None => false,
+        };
+        match result {
+            Ok(infos) if alive && infos.len() == w.slots.len() => {
+                for (slot, info) in w.slots.iter().zip(&infos) {
+                    if w.media.call.streams.len() <= *slot {
+                        w.media.call.streams.resize(*slot + 1, None);
+                    }
+                    w.media.call.streams[*slot] = Some(offer::Stream { session: info.id, legs: info.legs });
+                    w.media.created.push(info.id);
+                }
+                self.send_branch_with(now, ctx_id, w.candidate, w.hop, w.auth, Some(w.media));
+            }
+            Ok(infos) => {
+                for s in infos {
+                    self.media_op(MediaOp::Delete(s.id));
+                }
+                self.maybe_finish(now, ctx_id);
+            }
+            Err(why) => {
+                self.stats.media_failures += 1;
+                tracing::warn!(%why, "no relay session for a call: answered 503");
+                if let Some(ctx) = self.contexts.get_mut(&ctx_id) {
+                    ctx.media_refused = Some((503, "Service Unavailable (no media relay ports)"));
+                }
+                self.candidate_failed(now, ctx_id, 503);
+            }
+        }
+    }
+
+    pub(super) fn media_op(&mut self, op: MediaOp) {
+        self.out.push_back(Output::Media { id: 0, op });
+    }
+
+    /// The body a request of a relayed branch leaves with, toward the side that receives it.
+    /// Peer updates for sessions made for this offer already hold the peers; those of reused
+    /// streams wait for the answer.
+    pub(super) fn offer_body(&mut self, req: &Message, from: Side, media: &mut BranchMedia) -> Option<String> {
+        let body = req.body_bytes();
+        if body.is_empty() {
+            return None;
+        }
+        let sdp = Sdp::parse(&body).ok()?; // parsed before: plan_branch_media refused it otherwise
+        let (updates, text) = offer::translate(&sdp, from, &mut media.call);
+        media.pending = updates.into_iter().filter(|u| !media.created.contains(&u.session)).collect();
+        Some(text)
+    }
+
+    /// An SDP in a response (an answer, or a late offer in a 2xx) on a relayed branch: the
+    /// relay learns the answerer's peers (and the offerer's held ones), and the offerer is shown
+    /// the rewritten body. `None`: nothing to rewrite. A body we cannot read is replaced by none
+    /// at all rather than passed around the relay.
+    pub(super) fn answer_body(&mut self, resp: &Message, answerer: Side, media: &mut BranchMedia) -> Option<String> {
+        let body = resp.body_bytes();
+        let pending = std::mem::take(&mut media.pending);
+        for u in pending {
+            self.media_op(MediaOp::Update(u));
+        }
+        if body.is_empty() {
+            return None;
+        }
+        let sdp = match Sdp::parse(&body).ok().filter(|_| is_sdp(resp)) {
+            Some(s) => s,
+            None => {
+                tracing::info!("unreadable SDP in a response of a relayed call: body removed");
+                return Some(String::new());
+            }
+        };
+        let (updates, text) = offer::translate(&sdp, answerer, &mut media.call);
+        for u in updates {
+            self.media_op(MediaOp::Update(u));
+        }
+        Some(text)
+    }
+
+    /// Deletes the sessions made for a branch that will not carry the call.
+    pub(super) fn release_branch_media(&mut self, media: Option<BranchMedia>) {
+        for s in media.map(|m| m.created).unwrap_or_default() {
+            self.media_op(MediaOp::Delete(s));
+        }
+    }
+
+    /// A 2xx adopted branch media into dialog `did`: the dialog's sessions that the new media no
+    /// longer uses are deleted (a re-INVITE that changed family).
+    pub(super) fn adopt_media(&mut self, did: u64, media: BranchMedia) {
+        let Some(d) = self.dialogs.get_mut(&did) else {
+            self.release_branch_media(Some(media));
+            return;
+        };
+        let keep: Vec<SessionId> = media.call.streams.iter().flatten().map(|s| s.session).collect();
+        let old = d.media.replace(DialogMedia { call: media.call, parties: media.parties });
+        let gone: Vec<SessionId> = old.iter().flat_map(|m| m.call.streams.iter().flatten().map(|s| s.session)).filter(|s| !keep.contains(s)).collect();
+        for s in gone {
+            self.media_op(MediaOp::Delete(s));
+        }
+    }
+
+    /// The ACK of a 2xx with a body (the answer to a late offer): the relay learns the caller's
+    /// peers and the callee is shown the rewritten answer.
+    pub(super) fn ack_body(&mut self, did: u64, ack: &Message, from: Side) -> Option<String> {
+        let body = ack.body_bytes();
+        if body.is_empty() {
+            return None;
+        }
+        let d = self.dialogs.get_mut(&did)?;
+        let m = d.media.as_mut()?;
+        let Ok(sdp) = Sdp::parse(&body) else { return Some(String::new()) };
+        let (updates, text) = offer::translate(&sdp, from, &mut m.call);
+        for u in updates {
+            self.media_op(MediaOp::Update(u));
+        }
+        Some(text)
+    }
+
+    /// The relay heard nothing on a leg for the media timeout. A call that has not been
+    /// answered yet (ringing without early media) is not judged.
+    pub(super) fn on_media_timeout(&mut self, now: Instant, session: SessionId, leg: LegId) {
+        let Some((&did, d)) = self.dialogs.iter().find(|(_, d)| d.media.as_ref().is_some_and(|m| m.call.streams.iter().flatten().any(|s| s.session == session))) else {
+            return;
+        };
+        let call_id = String::from_utf8_lossy(&d.call_id).into_owned();
+        let silent = if leg == LegId::A { "caller" } else { "callee" };
+        self.stats.media_timeouts += 1;
+        tracing::warn!(%call_id, silent, end_call = self.media.end_call_on_timeout, "no media from the {silent} for the media timeout");
+        self.event(Event::MediaTimeout { call_id, silent });
+        if self.media.end_call_on_timeout {
+            self.teardown(now, did);
+        }
+    }
+
+    /// Ends a dialog from the middle: a BYE to each side as the other side would send it, with
+    /// a Reason (RFC 3326), then the dialog and its media go.
+    fn teardown(&mut self, now: Instant, did: u64) {
+        let Some(d) = self.dialogs.get(&did) else { return };
+        let byes = [(Side::Callee, bye_for(d, Side::Callee)), (Side::Caller, bye_for(d, Side::Caller))];
+        let hops = [d.callee_target, d.caller_target];
+        for ((_, parts), hop) in byes.into_iter().zip(hops) {
+            let branch = format!("z9hG4bK-sgb-{:x}", self.rng.next_u64());
+            let via = self.via_line(&hop, &branch);
+            let text = format!("{}{via}{}", parts.0, parts.1);
+            let bytes = bytes::Bytes::from(text);
+            if let Ok(parsed) = crate::message::parse(bytes.clone(), hop.transport.framing()) {
+                self.start_client(now, parsed, bytes, hop, ClientOwner::Cancel, false);
+            }
+        }
+        self.remove_dialog(did, "media timeout");
+    }
+}
+
+/// The BYE toward `to` (start line, then the rest after our Via), as the other party would
+/// send it: its From/To, the next CSeq of its side, the route set toward `to`.
+fn bye_for(d: &Dialog, to: Side) -> (String, String) {
+    let t = &d.teardown;
+    let (ruri, routes, from, to_hdr, cseq) = match to {
+        Side::Callee => (&t.callee_uri, &t.callee_routes, &t.caller_from, &t.callee_to, t.caller_cseq.wrapping_add(d.cseq_offset).wrapping_add(1)),
+        Side::Caller => (&t.caller_uri, &t.caller_routes, &t.callee_to, &t.caller_from, t.callee_cseq.wrapping_add(1)),
+    };
+    let mut rest = String::new();
+    for r in routes {
+        rest.push_str(&format!("Route: {r}\r\n"));
+    }
+    rest.push_str(&format!(
+        "Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to_hdr}\r\nCall-ID: {}\r\nCSeq: {cseq} BYE\r\n\
+         Reason: Q.850;cause=102;text=\"media timeout\"\r\nContent-Length: 0\r\n\r\n",
+        String::from_utf8_lossy(&d.call_id)
+    ));
+    (format!("BYE {ruri} SIP/2.0\r\n"), rest)
+}

@@ -1,0 +1,214 @@
+//! Simulation of relayed calls: an IPv6 phone and an IPv4 carrier, the fake relay of
+//! [`super::tests::Sim`]; every SDP each side sees, every relay request, no session left over.
+
+use super::tests::*;
+use super::*;
+use crate::auth::{answer_challenge, Challenge};
+use crate::media::sdp::Sdp;
+
+const PRIMARY: &str = "198.51.100.1:5060";
+const BACKUP: &str = "198.51.100.2:5060";
+
+const PHONE_SDP: &str = "v=0\r\no=alice 1 1 IN IP6 2001:db8::10\r\ns=-\r\nc=IN IP6 2001:db8::10\r\nt=0 0\r\n\
+    m=audio 4000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=ice-ufrag:abcd\r\n\
+    a=candidate:1 1 UDP 2130706431 2001:db8::10 4000 typ host\r\na=sendrecv\r\n";
+const CARRIER_SDP: &str = "v=0\r\no=gw 9 1 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\nm=audio 20000 RTP/AVP 0\r\n";
+
+fn relayed() -> Sim {
+    Sim::with(&CFG.replace("relay = \"never\"", "relay = \"auto\"\nmedia_timeout_secs = 5"))
+}
+
+fn with_body(msg: &str, body: &str) -> String {
+    let (head, _) = msg.split_once("Content-Length: ").unwrap();
+    format!("{head}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+}
+
+fn body(t: &Transmit) -> String {
+    text(t).split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+}
+
+/// Alice's authenticated INVITE to `number` with `sdp` (empty: late offer).
+fn call(sim: &mut Sim, number: &str, call: &str, sdp: &str, content_type: &str) -> Vec<Transmit> {
+    let ruri = format!("sip:{number}@sixgate.test");
+    let plain = |extra: &str, branch: &str, cseq: u32| {
+        let m = invite(&ruri, "alice", call, branch, cseq, extra);
+        let (head, _) = m.split_once("Content-Type: ").unwrap();
+        format!("{head}Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{sdp}", sdp.len())
+    };
+    let out = sim.send(PHONE, &plain("", &format!("{call}1"), 1));
+    let c407 = out.iter().find(|t| status(t) == 407).expect("407");
+    let ch = header(c407, "Proxy-Authenticate").iter().find_map(|v| Challenge::parse(v.as_bytes()).filter(|c| c.algorithm == crate::auth::Algorithm::Md5)).unwrap();
+    let cred = answer_challenge(&ch, "alice", "secret", b"INVITE", &ruri, "cn1");
+    sim.send(PHONE, &plain(&format!("Proxy-Authorization: {cred}\r\n"), &format!("{call}2"), 2))
+}
+
+/// A request inside the call from the phone (CSeq `cseq`), with an optional SDP body.
+fn from_phone(method: &str, cseq: u32, branch: &str, sdp: &str) -> String {
+    let m = format!(
+        "{method} sip:+442079999999@198.51.100.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::10]:5062;branch=z9hG4bK{branch};rport\r\n\
+         Route: <sip:[2001:db8::5]:5060;lr>\r\nRoute: <sip:192.0.2.5:5060;lr>\r\nMax-Forwards: 70\r\n\
+         From: <sip:alice@sixgate.test>;tag=caller1\r\nTo: <sip:+442079999999@sixgate.test>;tag=carrier9\r\nCall-ID: m-1\r\nCSeq: {cseq} {method}\r\n\
+         Contact: <sip:alice@[2001:db8::10]:5062>\r\nContent-Length: 0\r\n\r\n"
+    );
+    if sdp.is_empty() { m } else { with_body(&m, sdp) }
+}
+
+fn assert_only_v4(t: &Transmit) {
+    let b = body(t);
+    assert!(!b.contains("IP6") && !b.contains("2001:db8") && !b.contains("candidate") && !b.contains("ice-"), "{b}");
+    let sdp = Sdp::parse(b.as_bytes()).unwrap();
+    assert!(sdp.media.iter().all(|m| m.port == 0 || m.addr.is_unspecified() || m.addr == "192.0.2.5".parse::<std::net::IpAddr>().unwrap()), "{b}");
+}
+
+fn assert_only_v6(t: &Transmit) {
+    let b = body(t);
+    assert!(!b.contains("IP4") && !b.contains("198.51.100"), "{b}");
+}
+
+/// The call set up to the 200 and ACK: returns the INVITE the carrier got.
+fn answered(sim: &mut Sim) -> Transmit {
+    let out = call(sim, "+442079999999", "m-1", PHONE_SDP, "application/sdp");
+    let inv = out.iter().find(|t| t.dest.to_string() == PRIMARY).expect("INVITE to the carrier").clone();
+    assert_only_v4(&inv);
+    let out = sim.send(PRIMARY, &with_body(&respond(&inv, 183, "Session Progress", Some("carrier9"), ""), CARRIER_SDP));
+    assert_only_v6(&out[0]);
+    let early = body(&out[0]);
+    assert!(early.contains("c=IN IP6 2001:db8::5\r\n"), "early media through the relay: {early}");
+    let ok = with_body(&respond(&inv, 200, "OK", Some("carrier9"), "Contact: <sip:gw@198.51.100.1:5060>\r\n"), CARRIER_SDP);
+    let out = sim.send(PRIMARY, &ok);
+    assert_eq!(status(&out[0]), 200);
+    assert_eq!(body(&out[0]), early, "the 200 repeats the 183's answer: same ports, same version");
+    sim.send(PHONE, &from_phone("ACK", 2, "ack1", ""));
+    inv
+}
+
+#[test]
+fn a_v6_phone_and_a_v4_carrier_each_see_only_their_family_and_the_relay_learns_both() {
+    let mut sim = relayed();
+    let inv = answered(&mut sim);
+    // One session, made with the phone's peer on leg A and strict peers (nobody is NATed).
+    let MediaOp::Create(specs) = &sim.media_ops[0] else { panic!("{:?}", sim.media_ops) };
+    assert_eq!(specs.len(), 1);
+    let [a, b] = specs[0].legs;
+    assert_eq!((a.family, a.peer, a.latch, a.latch_from), (sixgate_relay::Family::V6, Some("[2001:db8::10]:4000".parse().unwrap()), false, Some("2001:db8::10".parse().unwrap())));
+    assert_eq!((b.family, b.peer, b.latch), (sixgate_relay::Family::V4, None, false));
+    assert!(sim.media_ops.iter().any(|op| matches!(op, MediaOp::Update(u) if u.leg == sixgate_relay::LegId::B && u.peer == Some("198.51.100.7:20000".parse().unwrap()))), "{:?}", sim.media_ops);
+    assert!(body(&inv).contains("m=audio 30002 RTP/AVP 0 101\r\n"), "{}", body(&inv));
+    let d = sim.eng.dialogs().next().unwrap();
+    assert_eq!(d.media.as_ref().map(|m| m.call.streams.len()), Some(1));
+    // BYE ends the call and its session.
+    let out = sim.send(PHONE, &from_phone("BYE", 3, "bye1", ""));
+    let bye = out.iter().find(|t| t.dest.to_string() == PRIMARY).unwrap();
+    sim.send(PRIMARY, &respond(bye, 200, "OK", None, ""));
+    assert!(sim.sessions.is_empty(), "BYE deleted the session");
+    sim.run_until(Duration::from_secs(120));
+    assert!(sim.drained(), "{:?}", sim.eng.table_sizes());
+}
+
+#[test]
+fn hold_resume_and_a_family_change_by_re_invite() {
+    let mut sim = relayed();
+    answered(&mut sim);
+    let first = *sim.sessions.iter().next().unwrap();
+    // Hold with the legacy 0.0.0.0 and sendonly (an IPv6 phone may still send it).
+    let hold = PHONE_SDP.replace("c=IN IP6 2001:db8::10", "c=IN IP4 0.0.0.0").replace("a=sendrecv", "a=sendonly").replace(" 1 1 IN", " 1 2 IN");
+    let out = sim.send(PHONE, &from_phone("INVITE", 3, "hold", &hold));
+    let reinv = out.iter().find(|t| t.dest.to_string() == PRIMARY).unwrap().clone();
+    assert!(body(&reinv).contains("c=IN IP4 0.0.0.0\r\n") && body(&reinv).contains("a=sendonly"), "{}", body(&reinv));
+    assert!(body(&reinv).contains("o=alice 1 2 IN IP4"), "version went up: {}", body(&reinv));
+    let ops = sim.media_ops.len();
+    let out = sim.send(PRIMARY, &with_body(&respond(&reinv, 200, "OK", None, ""), &CARRIER_SDP.replace("m=audio", "a=recvonly\r\nm=audio")));
+    assert_only_v6(&out[0]);
+    assert!(sim.media_ops[ops..].iter().any(|op| matches!(op, MediaOp::Update(u) if u.leg == sixgate_relay::LegId::A && u.peer.is_none())), "hold cleared the phone's peer only once answered");
+    // Resume, now offering IPv4 (a dual-stack phone): a new session, the old one deleted.
+    let v4 = PHONE_SDP.replace("IN IP6 2001:db8::10", "IN IP4 203.0.113.10").replace(" 1 1 IN", " 1 3 IN");
+    let out = sim.send(PHONE, &from_phone("INVITE", 4, "resume", &v4));
+    let reinv = out.iter().find(|t| t.dest.to_string() == PRIMARY).unwrap().clone();
+    assert_only_v4(&reinv);
+    assert_eq!(sim.sessions.len(), 2, "the new session exists beside the old until the answer");
+    sim.send(PRIMARY, &with_body(&respond(&reinv, 200, "OK", None, ""), CARRIER_SDP));
+    assert_eq!(sim.sessions.len(), 1);
+    assert!(!sim.sessions.contains(&first), "the old session went with the 2xx");
+    let d = sim.eng.dialogs().next().unwrap();
+    assert_eq!(d.media.as_ref().unwrap().call.streams[0].unwrap().family(crate::media::offer::Side::Caller), sixgate_relay::Family::V4);
+}
+
+#[test]
+fn bad_sdp_gets_488_and_no_session_and_exhaustion_gets_503_with_retry_after() {
+    let mut sim = relayed();
+    let out = call(&mut sim, "+442079999999", "bad-1", "v=0\r\no=- 1 1 IN IP6 ::1\r\ns=-\r\nm=audio 99999 RTP/AVP 0\r\n", "application/sdp");
+    assert_eq!(status(&out[1]), 488, "{}", text(&out[1]));
+    assert!(text(&out[1]).contains("port out of range"), "{}", text(&out[1]));
+    let out = call(&mut sim, "+442079999999", "bad-2", "hello", "text/plain");
+    assert_eq!(status(&out[1]), 488);
+    assert!(text(&out[1]).contains("not application/sdp"));
+    assert!(sim.media_ops.is_empty(), "no relay session for a refused body");
+    sim.media_fails = true;
+    let out = call(&mut sim, "+442079999999", "full-1", PHONE_SDP, "application/sdp");
+    let refusal = out.iter().find(|t| status(t) == 503).expect("503");
+    assert_eq!(header(refusal, "Retry-After"), ["10"]);
+    assert!(out.iter().all(|t| t.dest.to_string() != PRIMARY && t.dest.to_string() != BACKUP), "nothing reached a carrier without media");
+    assert_eq!(sim.eng.stats.media_failures, 2, "both carriers were tried");
+    assert!(sim.sessions.is_empty());
+}
+
+#[test]
+fn failover_and_cancel_leave_no_session_behind() {
+    let mut sim = relayed();
+    let out = call(&mut sim, "+442079999999", "fo-1", PHONE_SDP, "application/sdp");
+    let inv = out.iter().find(|t| t.dest.to_string() == PRIMARY).unwrap().clone();
+    let out = sim.send(PRIMARY, &respond(&inv, 503, "Busy Here", Some("x"), ""));
+    let inv2 = out.iter().find(|t| t.dest.to_string() == BACKUP).expect("failover").clone();
+    assert_only_v4(&inv2);
+    assert_eq!(sim.sessions.len(), 1, "the failed branch's session went, the new branch has one");
+    sim.send(BACKUP, &respond(&inv2, 180, "Ringing", Some("y"), ""));
+    let c = (
+        "CANCEL sip:+442079999999@sixgate.test SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::10]:5062;branch=z9hG4bKfo-12;rport\r\nMax-Forwards: 70\r\n\
+         From: <sip:alice@sixgate.test>;tag=caller1\r\nTo: <sip:+442079999999@sixgate.test>\r\nCall-ID: fo-1\r\nCSeq: 2 CANCEL\r\nContent-Length: 0\r\n\r\n"
+    );
+    let out = sim.send(PHONE, c);
+    let cancel_down = out.iter().find(|t| t.dest.to_string() == BACKUP).expect("CANCEL downstream").clone();
+    sim.send(BACKUP, &respond(&cancel_down, 200, "OK", None, ""));
+    sim.send(BACKUP, &respond(&inv2, 487, "Request Terminated", Some("y"), ""));
+    assert!(sim.sessions.is_empty(), "{:?}", sim.sessions);
+    sim.run_until(Duration::from_secs(120));
+    assert!(sim.drained(), "{:?}", sim.eng.table_sizes());
+}
+
+#[test]
+fn a_late_offer_is_answered_through_the_relay_in_the_ack() {
+    let mut sim = relayed();
+    let out = call(&mut sim, "+442079999999", "m-1", "", "application/sdp");
+    let inv = out.iter().find(|t| t.dest.to_string() == PRIMARY).unwrap().clone();
+    assert!(body(&inv).is_empty());
+    assert_eq!(sim.sessions.len(), 1, "one audio stream waits for the offer");
+    let ok = with_body(&respond(&inv, 200, "OK", Some("carrier9"), "Contact: <sip:gw@198.51.100.1:5060>\r\n"), CARRIER_SDP);
+    let out = sim.send(PRIMARY, &ok);
+    assert_only_v6(&out[0]);
+    assert!(body(&out[0]).contains("c=IN IP6 2001:db8::5"), "{}", body(&out[0]));
+    let out = sim.send(PHONE, &from_phone("ACK", 2, "ack1", PHONE_SDP));
+    assert_eq!(out.len(), 1);
+    assert_only_v4(&out[0]);
+    assert!(sim.media_ops.iter().any(|op| matches!(op, MediaOp::Update(u) if u.leg == sixgate_relay::LegId::A && u.peer == Some("[2001:db8::10]:4000".parse().unwrap()))));
+}
+
+#[test]
+fn a_media_timeout_ends_the_call_with_a_bye_to_each_side() {
+    let mut sim = relayed();
+    answered(&mut sim);
+    let session = sixgate_relay::SessionId(*sim.sessions.iter().next().unwrap());
+    sim.eng.handle(sim.now, Input::MediaTimeout { session, leg: sixgate_relay::LegId::B });
+    let out = sim.drain();
+    let to_carrier = out.iter().find(|t| t.dest.to_string() == PRIMARY).expect("BYE to the carrier");
+    let to_phone = out.iter().find(|t| t.dest.to_string() == PHONE).expect("BYE to the phone");
+    assert!(text(to_carrier).starts_with("BYE sip:gw@198.51.100.1:5060 SIP/2.0\r\n"), "{}", text(to_carrier));
+    assert!(text(to_carrier).contains("From: <sip:alice@sixgate.test>;tag=caller1\r\n") && text(to_carrier).contains("CSeq: 3 BYE"), "{}", text(to_carrier));
+    assert!(text(to_phone).starts_with("BYE sip:alice@[2001:db8::10]:5062 SIP/2.0\r\n"), "{}", text(to_phone));
+    assert!(text(to_phone).contains(";tag=carrier9\r\nTo: <sip:alice@sixgate.test>;tag=caller1\r\n") && text(to_phone).contains("Reason: Q.850;cause=102"), "{}", text(to_phone));
+    assert_eq!(sim.eng.dialogs().count(), 0);
+    assert!(sim.sessions.is_empty());
+    sim.send(PRIMARY, &respond(to_carrier, 200, "OK", None, ""));
+    sim.send(PHONE, &respond(to_phone, 200, "OK", None, ""));
+    sim.run_until(Duration::from_secs(120));
+    assert!(sim.drained(), "{:?}", sim.eng.table_sizes());
+}
