@@ -162,10 +162,9 @@ fn failover_and_cancel_leave_no_session_behind() {
     assert_only_v4(&inv2);
     assert_eq!(sim.sessions.len(), 1, "the failed branch's session went, the new branch has one");
     sim.send(BACKUP, &respond(&inv2, 180, "Ringing", Some("y"), ""));
-    let c = (
+    let c =
         "CANCEL sip:+442079999999@sixgate.test SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::10]:5062;branch=z9hG4bKfo-12;rport\r\nMax-Forwards: 70\r\n\
-         From: <sip:alice@sixgate.test>;tag=caller1\r\nTo: <sip:+442079999999@sixgate.test>\r\nCall-ID: fo-1\r\nCSeq: 2 CANCEL\r\nContent-Length: 0\r\n\r\n"
-    );
+         From: <sip:alice@sixgate.test>;tag=caller1\r\nTo: <sip:+442079999999@sixgate.test>\r\nCall-ID: fo-1\r\nCSeq: 2 CANCEL\r\nContent-Length: 0\r\n\r\n";
     let out = sim.send(PHONE, c);
     let cancel_down = out.iter().find(|t| t.dest.to_string() == BACKUP).expect("CANCEL downstream").clone();
     sim.send(BACKUP, &respond(&cancel_down, 200, "OK", None, ""));
