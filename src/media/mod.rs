@@ -29,6 +29,8 @@ pub fn relay_config(m: &MediaConfig) -> Option<RelayConfig> {
             _ => EngineChoice::Auto,
         },
         cpus: m.cpus.clone(),
+        socket_recv_buffer: m.socket_recv_buffer,
+        socket_send_buffer: m.socket_send_buffer,
         ..RelayConfig::default()
     })
 }
