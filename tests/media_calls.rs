@@ -67,6 +67,11 @@ algorithms = ["MD5"]
 username = "alice"
 password = "secret"
 numbers = ["+15550100"]
+[[users]]
+username = "bob"
+password = "secret2"
+numbers = ["+15550200"]
+contacts = ["sip:bob@[{PHONE}]:5070"]
 [[carriers]]
 name = "carrier4"
 uri = "sip:{CARRIER}:5060"
@@ -247,6 +252,35 @@ fn an_ipv6_phone_calls_an_ipv4_carrier_early_media_hold_and_resume_with_audio_bo
     assert!(carrier_sdp.contains("c=IN IP4 203.0.113.1") && !carrier_sdp.contains("IP6") && !carrier_sdp.contains("2001:db8"), "{carrier_sdp}");
     assert!(carrier_sdp.contains("a=sendonly") && carrier_sdp.contains("a=sendrecv"), "hold and resume reached the carrier: {carrier_sdp}");
     drop(sg);
+}
+
+#[test]
+fn an_ipv4_carrier_calls_an_ipv6_phone_with_audio_both_ways() {
+    let n = net("in");
+    let sg = NetnsSixgate::start(&n.edge, format!("[{EDGE6}]:5060").parse().unwrap(), &config(60));
+    // Now the phone echoes and the carrier talks.
+    let echo = Echo::start(n.phone.udp_socket(format!("[{PHONE}]:40000").parse().unwrap()), true);
+    let mic = n.carrier.udp_socket(format!("{CARRIER}:20000").parse().unwrap());
+    let phone = sipp(Some(&n.phone.0), "media_phone_answers.xml", PHONE, 5070, &[], None);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut carrier = sipp(Some(&n.carrier.0), "media_carrier_calls.xml", CARRIER, 5060, &["-s", "+15550200"], Some(&format!("{EDGE4}:5060")));
+    let ok = await_received(&carrier, "SIP/2.0 200", 1);
+    let relay4 = media_target(&ok);
+    assert_eq!(relay4.ip(), EDGE4.parse::<IpAddr>().unwrap(), "{ok}");
+    let back = talk(&mic, relay4, 1, 40);
+    assert!(back.len() >= 30, "audio both ways: {} of 40 echoed\n{}", back.len(), sg.log());
+    assert!(back.iter().all(|s| *s == relay4), "the carrier heard only the relay's IPv4 side: {back:?}");
+    let out = carrier.wait(Duration::from_secs(30));
+    assert!(out.status.success(), "carrier: {}", carrier.logs(&out));
+    let carrier_sdp = bodies(&received(&carrier));
+    let phone_msgs = received(&phone);
+    phone.expect_success(Duration::from_secs(30));
+    let relay6: IpAddr = EDGE6.parse().unwrap();
+    let at_phone = echo.received();
+    assert!(at_phone.len() >= 30 && at_phone.iter().all(|s| s.ip() == relay6), "the phone heard the carrier only from the relay's IPv6 side: {at_phone:?}");
+    let phone_sdp = bodies(&phone_msgs);
+    assert!(phone_sdp.contains("c=IN IP6 2001:db8:6::1") && !phone_sdp.contains("IP4") && !phone_sdp.contains("203.0.113"), "{phone_sdp}");
+    assert!(carrier_sdp.contains("c=IN IP4 203.0.113.1") && !carrier_sdp.contains("IP6") && !carrier_sdp.contains("2001:db8"), "{carrier_sdp}");
 }
 
 #[test]
