@@ -3,6 +3,10 @@
 //! two shapes the edge sees all day:
 //! - `carrier_to_user`: from a carrier's network (trusted, no digest) to a local user's contact;
 //! - `user_to_carrier_digest`: an authenticated phone to a carrier, digest check included;
+//! - `user_to_carrier_relayed`: the same with an SDP offer and `[media] relay = "auto"`: the
+//!   relay decision, the session request (answered at once by a fake relay, as the driver
+//!   does; the relay's own bind is not included) and the SDP rewrite. The first two run with
+//!   `relay = "never"`, so they stay comparable with earlier runs;
 //! - `register_digest`: an authenticated REGISTER of one of 10 000 users (digest, nonce-count
 //!   window, binding rules, the store request, and the 200 after the store's answer — the store
 //!   itself, a redb commit on another thread, is not included).
@@ -14,7 +18,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sixgate::auth::{answer_challenge, Algorithm, Challenge};
 use sixgate::config::{Config, TransportKind};
-use sixgate::engine::{Engine, EngineParams, Input, Output};
+use sixgate::engine::{Engine, EngineParams, Input, MediaOp, Output};
 use sixgate::message::{parse, Framing};
 use sixgate::transport::Inbound;
 use std::time::{Duration, Instant};
@@ -71,12 +75,36 @@ fn busy(req: &Bytes) -> Bytes {
     Bytes::from(s)
 }
 
-fn run_calls(c: &mut Criterion, name: &str, make: impl Fn(&mut Engine, Instant, u64) -> (Bytes, Inbound)) {
+const DIRECT: &str = "[media]\nrelay = \"never\"\n";
+const RELAYED: &str = "[media]\nrelay = \"auto\"\n";
+
+const OFFER: &str = "v=0\r\no=alice 1 1 IN IP6 2001:db8::10\r\ns=-\r\nc=IN IP6 2001:db8::10\r\nt=0 0\r\n\
+    m=audio 4000 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n\
+    a=fmtp:101 0-15\r\na=ptime:20\r\na=sendrecv\r\n";
+
+/// The fake relay's answer to a session request: sessions on our two addresses.
+fn fake_sessions(specs: &[sixgate_relay::SessionSpec], n: u64) -> Vec<sixgate_relay::SessionInfo> {
+    use sixgate_relay::{Family, LegAddrs, SessionId, SessionInfo};
+    specs
+        .iter()
+        .enumerate()
+        .map(|(k, spec)| {
+            let leg = |f: Family, i: u16| {
+                let ip: std::net::IpAddr = if f == Family::V6 { "2001:db8::5".parse().unwrap() } else { "192.0.2.5".parse().unwrap() };
+                let rtp = std::net::SocketAddr::new(ip, 30000 + i * 2);
+                LegAddrs { rtp, rtcp: std::net::SocketAddr::new(ip, rtp.port() + 1) }
+            };
+            SessionInfo { id: SessionId(n * 8 + k as u64), legs: [leg(spec.legs[0].family, 0), leg(spec.legs[1].family, 1)] }
+        })
+        .collect()
+}
+
+fn run_calls(c: &mut Criterion, name: &str, media: &str, make: impl Fn(&mut Engine, Instant, u64) -> (Bytes, Inbound)) {
     let mut g = c.benchmark_group("engine");
     g.throughput(Throughput::Elements(1));
     g.bench_function(name, |b| {
         b.iter_custom(|iters| {
-            let cfg = Config::from_toml(CFG).unwrap();
+            let cfg = Config::from_toml(&format!("{CFG}{media}")).unwrap();
             let mut eng = Engine::new(&cfg, EngineParams { seed: 1, nonce_key: [1; 32], unix_time: 1_800_000_000 });
             let t0 = Instant::now();
             let mut now = t0;
@@ -90,10 +118,12 @@ fn run_calls(c: &mut Criterion, name: &str, make: impl Fn(&mut Engine, Instant, 
                 eng.handle(now, Input::Received { msg, from });
                 let mut forwarded = None;
                 while let Some(o) = eng.poll_output() {
-                    if let Output::Transmit(t) = o {
-                        if t.client.is_some() {
-                            forwarded = Some(t.bytes);
+                    match o {
+                        Output::Transmit(t) if t.client.is_some() => forwarded = Some(t.bytes),
+                        Output::Media { id, op: MediaOp::Create(specs) } => {
+                            eng.handle(now, Input::Media { id, result: Ok(fake_sessions(&specs, i)) });
                         }
+                        _ => {}
                     }
                 }
                 elapsed += start.elapsed();
@@ -117,7 +147,7 @@ fn run_calls(c: &mut Criterion, name: &str, make: impl Fn(&mut Engine, Instant, 
 }
 
 fn bench_engine(c: &mut Criterion) {
-    run_calls(c, "carrier_to_user", |_, _, i| {
+    run_calls(c, "carrier_to_user", DIRECT, |_, _, i| {
         let text = format!(
             "INVITE sip:+442071234567@sixgate.test SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.1:5060;branch=z9hG4bKc{i}\r\nMax-Forwards: 70\r\n\
              From: <sip:+441632960000@198.51.100.1>;tag=f{i}\r\nTo: <sip:+442071234567@sixgate.test>\r\nCall-ID: c{i}@carrier\r\nCSeq: 1 INVITE\r\n\
@@ -125,7 +155,13 @@ fn bench_engine(c: &mut Criterion) {
         );
         (Bytes::from(text), inbound("198.51.100.1:5060"))
     });
-    run_calls(c, "user_to_carrier_digest", |eng, now, i| {
+    run_calls(c, "user_to_carrier_digest", DIRECT, |eng, now, i| user_to_carrier(eng, now, i, ""));
+    run_calls(c, "user_to_carrier_relayed", RELAYED, |eng, now, i| user_to_carrier(eng, now, i, OFFER));
+}
+
+/// An authenticated INVITE from alice's IPv6 phone to a carrier number, with `sdp` as its body.
+fn user_to_carrier(eng: &mut Engine, now: Instant, i: u64, sdp: &str) -> (Bytes, Inbound) {
+    {
         // A valid nonce: ask the engine for a challenge once per call (outside the timing).
         let ruri = "sip:+442079999999@sixgate.test";
         let base = format!(
@@ -144,14 +180,15 @@ fn bench_engine(c: &mut Criterion) {
         let ch = ch.expect("challenge");
         let cred = answer_challenge(&ch, "alice", "secret", b"INVITE", ruri, "cnonce");
         let text = base.replace(&format!("z9hG4bKu{i}x"), &format!("z9hG4bKu{i}y")).replace("CSeq: 1 INVITE", &format!("CSeq: 2 INVITE\r\nProxy-Authorization: {cred}"));
+        let text = text.replace("Content-Length: 0\r\n\r\n", &format!("Content-Length: {}\r\n\r\n{sdp}", sdp.len()));
         (Bytes::from(text), inbound("[2001:db8::10]:5062"))
-    });
+    }
 }
 
 /// Authenticated REGISTERs, users in turn (each refreshes its binding after the first round).
 fn bench_register(c: &mut Criterion) {
     const USERS: u64 = 10_000;
-    let mut cfg_text = CFG.to_string();
+    let mut cfg_text = format!("{CFG}{DIRECT}");
     for u in 0..USERS {
         cfg_text.push_str(&format!("[[users]]\nusername = \"u{u}\"\npassword = \"pw{u}\"\n"));
     }

@@ -13,6 +13,53 @@ use crate::transport::{framing::StreamFramer, stamp_received, stun, udp, Inbound
 use bytes::Bytes;
 use std::sync::{Arc, OnceLock};
 
+/// A stand-in for the RTP relay where the engine runs without one (simulations, fuzzing): it
+/// answers [`crate::engine::MediaOp`]s as the driver would, on 2001:db8::5 / 192.0.2.5, and
+/// checks the engine's bookkeeping: an update or delete must name a live session.
+#[derive(Default)]
+pub struct FakeRelay {
+    /// Sessions made and not yet deleted.
+    pub live: std::collections::BTreeSet<u64>,
+    /// Refuse new sessions (ports exhausted).
+    pub fail: bool,
+    next: u64,
+}
+
+impl FakeRelay {
+    /// The answer a `Create` gets (as `Input::Media`); `None` for the others.
+    pub fn answer(&mut self, op: &crate::engine::MediaOp) -> Option<Result<Vec<sixgate_relay::SessionInfo>, String>> {
+        use crate::engine::MediaOp;
+        use sixgate_relay::{Family, LegAddrs, SessionId, SessionInfo};
+        match op {
+            MediaOp::Create(specs) => {
+                if self.fail {
+                    return Some(Err("no free relay ports".into()));
+                }
+                let mut out = Vec::new();
+                for spec in specs {
+                    self.next += 1;
+                    let base = 30000 + (self.next % 4000) as u16 * 4;
+                    let leg = |f: Family, port: u16| {
+                        let ip: std::net::IpAddr = if f == Family::V6 { [0x2001, 0xdb8, 0, 0, 0, 0, 0, 5].into() } else { [192, 0, 2, 5].into() };
+                        LegAddrs { rtp: std::net::SocketAddr::new(ip, port), rtcp: std::net::SocketAddr::new(ip, port + 1) }
+                    };
+                    self.live.insert(self.next);
+                    out.push(SessionInfo { id: SessionId(self.next), legs: [leg(spec.legs[0].family, base), leg(spec.legs[1].family, base + 2)] });
+                }
+                Some(Ok(out))
+            }
+            MediaOp::Update(u) => {
+                assert!(self.live.contains(&u.session.0), "peer update of a session that is gone: {u:?}");
+                None
+            }
+            MediaOp::Delete(s) => {
+                assert!(self.live.remove(&s.0), "delete of a session never made or deleted twice: {s:?}");
+                None
+            }
+        }
+    }
+}
+
 fn core() -> &'static Core {
     static CORE: OnceLock<Core> = OnceLock::new();
     CORE.get_or_init(|| Core::new(&Config::embedded(), Arc::new(Metrics::default())))
@@ -135,8 +182,9 @@ const ENGINE_PEERS: [(&str, TransportKind); 5] = [
 /// first byte picks the peer and a time jump, the rest is a SIP message from that peer (parsed
 /// first, as the transports do; unparsable steps only move the clock). Answers the engine's
 /// own transmits back now and then by reflecting requests as responses, so transactions and
-/// dialogs really form. Invariants: nothing panics, and once an hour of fake time has passed
-/// every transaction, context and lookup is gone (dialogs too after their idle timeout).
+/// dialogs really form; relay sessions come from a [`FakeRelay`] that now and then is out of
+/// ports. Invariants: nothing panics, and once an hour of fake time has passed every
+/// transaction, context, lookup and relay session is gone (dialogs too after their idle timeout).
 pub fn exercise_engine(data: &[u8]) {
     use crate::engine::{Engine, EngineParams, Input, Output};
     use std::time::{Duration, Instant};
@@ -146,11 +194,34 @@ pub fn exercise_engine(data: &[u8]) {
     let mut now = t0;
     eng.start(now);
     let mut outbox: Vec<bytes::Bytes> = Vec::new();
+    let mut relay = FakeRelay::default();
+    // Everything the engine asks for: transmits kept for replay, relay requests answered.
+    let drain = |eng: &mut Engine, now: Instant, relay: &mut FakeRelay, outbox: &mut Vec<Bytes>| {
+        // Bounded: each answer only releases branches already waiting.
+        for _ in 0..1000 {
+            let mut answers = Vec::new();
+            while let Some(o) = eng.poll_output() {
+                match o {
+                    Output::Transmit(t) if outbox.len() < 64 => outbox.push(t.bytes),
+                    Output::Media { id, op } => answers.extend(relay.answer(&op).map(|r| (id, r))),
+                    _ => {}
+                }
+            }
+            if answers.is_empty() {
+                return;
+            }
+            for (id, result) in answers {
+                eng.handle(now, Input::Media { id, result });
+            }
+        }
+    };
     for step in data.split(|&b| b == 0).filter(|s| !s.is_empty()).take(256) {
         let (ctl, body) = (step[0], &step[1..]);
         let (peer, transport) = ENGINE_PEERS[usize::from(ctl & 7) % ENGINE_PEERS.len()];
         now += Duration::from_millis(u64::from(ctl >> 3) * 250);
+        relay.fail = ctl & 7 == 7;
         eng.handle_timeout(now);
+        drain(&mut eng, now, &mut relay, &mut outbox);
         let remote: std::net::SocketAddr = peer.parse().expect("literal");
         let local = if remote.is_ipv6() { "[2001:db8::5]:5060" } else { "192.0.2.5:5060" }.parse().expect("literal");
         let from = Inbound { transport, local, remote };
@@ -164,13 +235,7 @@ pub fn exercise_engine(data: &[u8]) {
         if let Ok(msg) = parse(bytes, framing) {
             eng.handle(now, Input::Received { msg, from });
         }
-        while let Some(o) = eng.poll_output() {
-            if let Output::Transmit(t) = o {
-                if outbox.len() < 64 {
-                    outbox.push(t.bytes);
-                }
-            }
-        }
+        drain(&mut eng, now, &mut relay, &mut outbox);
     }
     // Time passes: every table must drain (dialogs after their idle timeout).
     // Past the dialog idle timeout, plus Timer C (181 s) and the longest transaction timers.
@@ -180,13 +245,14 @@ pub fn exercise_engine(data: &[u8]) {
             Some(at) if at <= end => {
                 now = at.max(now);
                 eng.handle_timeout(now);
-                while eng.poll_output().is_some() {}
+                drain(&mut eng, now, &mut relay, &mut outbox);
             }
             _ => break,
         }
     }
     let sizes = eng.table_sizes();
     assert!(sizes.is_empty(), "engine tables did not drain: {sizes:?}");
+    assert!(relay.live.is_empty(), "relay sessions left behind: {:?}", relay.live);
     // One probing carrier, every 20 s, each probe over by Timer F (32 s): never more than two.
     assert!(eng.probes_in_flight() <= 2, "probes pile up: {}", eng.probes_in_flight());
 }

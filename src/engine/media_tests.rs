@@ -93,14 +93,14 @@ fn a_v6_phone_and_a_v4_carrier_each_see_only_their_family_and_the_relay_learns_b
     assert_eq!((a.family, a.peer, a.latch, a.latch_from), (sixgate_relay::Family::V6, Some("[2001:db8::10]:4000".parse().unwrap()), false, Some("2001:db8::10".parse().unwrap())));
     assert_eq!((b.family, b.peer, b.latch), (sixgate_relay::Family::V4, None, false));
     assert!(sim.media_ops.iter().any(|op| matches!(op, MediaOp::Update(u) if u.leg == sixgate_relay::LegId::B && u.peer == Some("198.51.100.7:20000".parse().unwrap()))), "{:?}", sim.media_ops);
-    assert!(body(&inv).contains("m=audio 30002 RTP/AVP 0 101\r\n"), "{}", body(&inv));
+    assert!(body(&inv).contains("m=audio 30006 RTP/AVP 0 101\r\n"), "{}", body(&inv));
     let d = sim.eng.dialogs().next().unwrap();
     assert_eq!(d.media.as_ref().map(|m| m.call.streams.len()), Some(1));
     // BYE ends the call and its session.
     let out = sim.send(PHONE, &from_phone("BYE", 3, "bye1", ""));
     let bye = out.iter().find(|t| t.dest.to_string() == PRIMARY).unwrap();
     sim.send(PRIMARY, &respond(bye, 200, "OK", None, ""));
-    assert!(sim.sessions.is_empty(), "BYE deleted the session");
+    assert!(sim.relay.live.is_empty(), "BYE deleted the session");
     sim.run_until(Duration::from_secs(120));
     assert!(sim.drained(), "{:?}", sim.eng.table_sizes());
 }
@@ -109,7 +109,7 @@ fn a_v6_phone_and_a_v4_carrier_each_see_only_their_family_and_the_relay_learns_b
 fn hold_resume_and_a_family_change_by_re_invite() {
     let mut sim = relayed();
     answered(&mut sim);
-    let first = *sim.sessions.iter().next().unwrap();
+    let first = *sim.relay.live.iter().next().unwrap();
     // Hold with the legacy 0.0.0.0 and sendonly (an IPv6 phone may still send it).
     let hold = PHONE_SDP.replace("c=IN IP6 2001:db8::10", "c=IN IP4 0.0.0.0").replace("a=sendrecv", "a=sendonly").replace(" 1 1 IN", " 1 2 IN");
     let out = sim.send(PHONE, &from_phone("INVITE", 3, "hold", &hold));
@@ -125,10 +125,10 @@ fn hold_resume_and_a_family_change_by_re_invite() {
     let out = sim.send(PHONE, &from_phone("INVITE", 4, "resume", &v4));
     let reinv = out.iter().find(|t| t.dest.to_string() == PRIMARY).unwrap().clone();
     assert_only_v4(&reinv);
-    assert_eq!(sim.sessions.len(), 2, "the new session exists beside the old until the answer");
+    assert_eq!(sim.relay.live.len(), 2, "the new session exists beside the old until the answer");
     sim.send(PRIMARY, &with_body(&respond(&reinv, 200, "OK", None, ""), CARRIER_SDP));
-    assert_eq!(sim.sessions.len(), 1);
-    assert!(!sim.sessions.contains(&first), "the old session went with the 2xx");
+    assert_eq!(sim.relay.live.len(), 1);
+    assert!(!sim.relay.live.contains(&first), "the old session went with the 2xx");
     let d = sim.eng.dialogs().next().unwrap();
     assert_eq!(d.media.as_ref().unwrap().call.streams[0].unwrap().family(crate::media::offer::Side::Caller), sixgate_relay::Family::V4);
 }
@@ -143,13 +143,13 @@ fn bad_sdp_gets_488_and_no_session_and_exhaustion_gets_503_with_retry_after() {
     assert_eq!(status(&out[1]), 488);
     assert!(text(&out[1]).contains("not application/sdp"));
     assert!(sim.media_ops.is_empty(), "no relay session for a refused body");
-    sim.media_fails = true;
+    sim.relay.fail = true;
     let out = call(&mut sim, "+442079999999", "full-1", PHONE_SDP, "application/sdp");
     let refusal = out.iter().find(|t| status(t) == 503).expect("503");
     assert_eq!(header(refusal, "Retry-After"), ["10"]);
     assert!(out.iter().all(|t| t.dest.to_string() != PRIMARY && t.dest.to_string() != BACKUP), "nothing reached a carrier without media");
     assert_eq!(sim.eng.stats.media_failures, 2, "both carriers were tried");
-    assert!(sim.sessions.is_empty());
+    assert!(sim.relay.live.is_empty());
 }
 
 #[test]
@@ -160,7 +160,7 @@ fn failover_and_cancel_leave_no_session_behind() {
     let out = sim.send(PRIMARY, &respond(&inv, 503, "Busy Here", Some("x"), ""));
     let inv2 = out.iter().find(|t| t.dest.to_string() == BACKUP).expect("failover").clone();
     assert_only_v4(&inv2);
-    assert_eq!(sim.sessions.len(), 1, "the failed branch's session went, the new branch has one");
+    assert_eq!(sim.relay.live.len(), 1, "the failed branch's session went, the new branch has one");
     sim.send(BACKUP, &respond(&inv2, 180, "Ringing", Some("y"), ""));
     let c =
         "CANCEL sip:+442079999999@sixgate.test SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::10]:5062;branch=z9hG4bKfo-12;rport\r\nMax-Forwards: 70\r\n\
@@ -169,7 +169,7 @@ fn failover_and_cancel_leave_no_session_behind() {
     let cancel_down = out.iter().find(|t| t.dest.to_string() == BACKUP).expect("CANCEL downstream").clone();
     sim.send(BACKUP, &respond(&cancel_down, 200, "OK", None, ""));
     sim.send(BACKUP, &respond(&inv2, 487, "Request Terminated", Some("y"), ""));
-    assert!(sim.sessions.is_empty(), "{:?}", sim.sessions);
+    assert!(sim.relay.live.is_empty(), "{:?}", sim.relay.live);
     sim.run_until(Duration::from_secs(120));
     assert!(sim.drained(), "{:?}", sim.eng.table_sizes());
 }
@@ -180,7 +180,7 @@ fn a_late_offer_is_answered_through_the_relay_in_the_ack() {
     let out = call(&mut sim, "+442079999999", "m-1", "", "application/sdp");
     let inv = out.iter().find(|t| t.dest.to_string() == PRIMARY).unwrap().clone();
     assert!(body(&inv).is_empty());
-    assert_eq!(sim.sessions.len(), 1, "one audio stream waits for the offer");
+    assert_eq!(sim.relay.live.len(), 1, "one audio stream waits for the offer");
     let ok = with_body(&respond(&inv, 200, "OK", Some("carrier9"), "Contact: <sip:gw@198.51.100.1:5060>\r\n"), CARRIER_SDP);
     let out = sim.send(PRIMARY, &ok);
     assert_only_v6(&out[0]);
@@ -195,7 +195,7 @@ fn a_late_offer_is_answered_through_the_relay_in_the_ack() {
 fn a_media_timeout_ends_the_call_with_a_bye_to_each_side() {
     let mut sim = relayed();
     answered(&mut sim);
-    let session = sixgate_relay::SessionId(*sim.sessions.iter().next().unwrap());
+    let session = sixgate_relay::SessionId(*sim.relay.live.iter().next().unwrap());
     sim.eng.handle(sim.now, Input::MediaTimeout { session, leg: sixgate_relay::LegId::B });
     let out = sim.drain();
     let to_carrier = out.iter().find(|t| t.dest.to_string() == PRIMARY).expect("BYE to the carrier");
@@ -205,7 +205,7 @@ fn a_media_timeout_ends_the_call_with_a_bye_to_each_side() {
     assert!(text(to_phone).starts_with("BYE sip:alice@[2001:db8::10]:5062 SIP/2.0\r\n"), "{}", text(to_phone));
     assert!(text(to_phone).contains(";tag=carrier9\r\nTo: <sip:alice@sixgate.test>;tag=caller1\r\n") && text(to_phone).contains("Reason: Q.850;cause=102"), "{}", text(to_phone));
     assert_eq!(sim.eng.dialogs().count(), 0);
-    assert!(sim.sessions.is_empty());
+    assert!(sim.relay.live.is_empty());
     sim.send(PRIMARY, &respond(to_carrier, 200, "OK", None, ""));
     sim.send(PHONE, &respond(to_phone, 200, "OK", None, ""));
     sim.run_until(Duration::from_secs(120));

@@ -74,12 +74,9 @@ pub(super) struct Sim {
     pub(super) stored: Vec<Change>,
     /// Answer store requests with a failure.
     pub(super) store_fails: bool,
-    /// Every relay request, and the sessions alive in the fake relay.
+    /// Every relay request, and the relay that answers them.
     pub(super) media_ops: Vec<MediaOp>,
-    pub(super) sessions: std::collections::BTreeSet<u64>,
-    /// Session creation fails (ports exhausted).
-    pub(super) media_fails: bool,
-    next_port: u16,
+    pub(super) relay: crate::fuzzing::FakeRelay,
 }
 
 impl Sim {
@@ -91,7 +88,7 @@ impl Sim {
         let mut eng = Engine::new(&cfg, EngineParams { seed: 7, nonce_key: [3; 32], unix_time: 1_800_000_000 });
         let t0 = Instant::now();
         eng.start(t0);
-        Sim { eng, t0, now: t0, stored: Vec::new(), store_fails: false, media_ops: Vec::new(), sessions: Default::default(), media_fails: false, next_port: 30000 }
+        Sim { eng, t0, now: t0, stored: Vec::new(), store_fails: false, media_ops: Vec::new(), relay: Default::default() }
     }
 
     pub(super) fn inbound(&self, transport: TransportKind, remote: &str) -> Inbound {
@@ -130,12 +127,8 @@ impl Sim {
                         acks.push(id);
                     }
                     Output::Media { id, op } => {
-                        self.media_ops.push(op.clone());
-                        match op {
-                            MediaOp::Create(specs) => made.push((id, self.fake_relay(&specs))),
-                            MediaOp::Delete(s) => assert!(self.sessions.remove(&s.0), "deleted twice or never made: {s:?}"),
-                            MediaOp::Update(u) => assert!(self.sessions.contains(&u.session.0), "update of a dead session {u:?}"),
-                        }
+                        made.extend(self.relay.answer(&op).map(|r| (id, r)));
+                        self.media_ops.push(op);
                     }
                     _ => {}
                 }
@@ -151,28 +144,6 @@ impl Sim {
             }
         }
         v
-    }
-
-    /// The fake relay: sessions on 2001:db8::5 / 192.0.2.5, even ports counting up.
-    fn fake_relay(&mut self, specs: &[sixgate_relay::SessionSpec]) -> Result<Vec<sixgate_relay::SessionInfo>, String> {
-        use sixgate_relay::{Family, LegAddrs, SessionId, SessionInfo};
-        if self.media_fails {
-            return Err("no free V4 relay ports".into());
-        }
-        let mut out = Vec::new();
-        for spec in specs {
-            let mut leg = |f: Family| {
-                let ip = if f == Family::V6 { "2001:db8::5" } else { "192.0.2.5" };
-                let rtp = SocketAddr::new(ip.parse().unwrap(), self.next_port);
-                self.next_port += 2;
-                LegAddrs { rtp, rtcp: SocketAddr::new(rtp.ip(), rtp.port() + 1) }
-            };
-            let legs = [leg(spec.legs[0].family), leg(spec.legs[1].family)];
-            let id = u64::from(self.next_port);
-            self.sessions.insert(id);
-            out.push(SessionInfo { id: SessionId(id), legs });
-        }
-        Ok(out)
     }
 
     /// Jumps to the next deadline (at most to `limit` after t0); returns what was sent.
