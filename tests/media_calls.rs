@@ -308,3 +308,87 @@ fn a_call_whose_far_end_stops_sending_is_ended_by_the_media_timeout() {
     assert!(!silent.received().is_empty(), "the phone's audio reached the carrier while the call lasted");
     assert!(sg.log().contains("media timeout"), "{}", sg.log());
 }
+
+/// A phone behind a home NAT (IPv4, private LAN, masquerade), the IPv6 phone bob, and a
+/// stranger on another IPv4 network, all around one edge.
+///
+/// ```text
+///  phone4 192.168.77.10 ─ home (masquerade) 198.51.100.20 ═ 198.51.100.1 ┐ edge  ┌ 2001:db8:6::1 ═ 2001:db8:6::10 phone6 (bob)
+///                                           stranger 203.0.113.66 ═ 203.0.113.1 ┘
+/// ```
+struct NatNet {
+    phone4: Namespace,
+    home: Namespace,
+    edge: Namespace,
+    phone6: Namespace,
+    stranger: Namespace,
+}
+
+const EDGE4_NAT: &str = "198.51.100.1";
+const HOME_WAN: &str = "198.51.100.20";
+const LAN_PHONE: &str = "192.168.77.10";
+const STRANGER: &str = "203.0.113.66";
+
+fn nat_net() -> NatNet {
+    let pid = std::process::id();
+    let ns = |n: &str| Namespace::new(&format!("sg-{n}-nat-{pid}"));
+    let n = NatNet { phone4: ns("ph4"), home: ns("home"), edge: ns("edge"), phone6: ns("ph6"), stranger: ns("str") };
+    veth(&n.phone4, "eth0", &n.home, "lan");
+    veth(&n.home, "wan", &n.edge, "h4");
+    veth(&n.phone6, "p6", &n.edge, "e6");
+    veth(&n.stranger, "s", &n.edge, "s4");
+    n.phone4.ip(&["addr", "add", &format!("{LAN_PHONE}/24"), "dev", "eth0"]);
+    n.phone4.ip(&["route", "add", "default", "via", "192.168.77.1"]);
+    n.home.ip(&["addr", "add", "192.168.77.1/24", "dev", "lan"]);
+    n.home.ip(&["addr", "add", &format!("{HOME_WAN}/24"), "dev", "wan"]);
+    n.edge.ip(&["addr", "add", &format!("{EDGE4_NAT}/24"), "dev", "h4"]);
+    n.edge.ip(&["addr", "add", "203.0.113.1/24", "dev", "s4"]);
+    n.edge.ip(&["-6", "addr", "add", &format!("{EDGE6}/64"), "dev", "e6", "nodad"]);
+    n.phone6.ip(&["-6", "addr", "add", &format!("{PHONE}/64"), "dev", "p6", "nodad"]);
+    n.stranger.ip(&["addr", "add", &format!("{STRANGER}/24"), "dev", "s"]);
+    n.stranger.ip(&["route", "add", "default", "via", "203.0.113.1"]);
+    n.home.nft("table ip home_nat {\n chain postrouting {\n  type nat hook postrouting priority srcnat; policy accept;\n  oifname \"wan\" masquerade\n }\n}\n");
+    n.home.sysctl(&["net.ipv4.ip_forward=1"]);
+    n.edge.sysctl(&["net.ipv4.ip_forward=0", "net.ipv6.conf.all.forwarding=0"]);
+    n
+}
+
+#[test]
+fn a_phone_behind_nat_calls_an_ipv6_phone_through_latching_and_a_stranger_gets_nothing() {
+    let n = nat_net();
+    let cfg = config(60).replace(&format!("address = \"{EDGE4}\""), &format!("address = \"{EDGE4_NAT}\"")).replace(&format!("ipv4 = \"{EDGE4}\""), &format!("ipv4 = \"{EDGE4_NAT}\""));
+    let sg = NetnsSixgate::start(&n.edge, format!("[{EDGE6}]:5060").parse().unwrap(), &cfg);
+    let bob_echo = Echo::start(n.phone6.udp_socket(format!("[{PHONE}]:40000").parse().unwrap()), true);
+    let mic = n.phone4.udp_socket(format!("{LAN_PHONE}:40000").parse().unwrap());
+    let stranger = n.stranger.udp_socket(format!("{STRANGER}:40000").parse().unwrap());
+    let bob = sipp(Some(&n.phone6.0), "media_phone_answers.xml", PHONE, 5070, &[], None);
+    std::thread::sleep(Duration::from_millis(300));
+    let alice = sipp(
+        Some(&n.phone4.0),
+        "media_phone_call.xml",
+        LAN_PHONE,
+        5062,
+        &["-s", "+15550200", "-auth_uri", &format!("+15550200@{EDGE4_NAT}:5060")],
+        Some(&format!("{EDGE4_NAT}:5060")),
+    );
+    let ok = await_received(&alice, "SIP/2.0 200", 1);
+    let relay4 = media_target(&ok);
+    assert_eq!(relay4.ip(), EDGE4_NAT.parse::<IpAddr>().unwrap(), "{ok}");
+    // The stranger guesses the port and sends first: nothing may reach bob, nothing come back.
+    let stolen = talk(&stranger, relay4, 1000, 20);
+    assert!(stolen.is_empty(), "the stranger got media: {stolen:?}");
+    assert!(bob_echo.received().is_empty(), "the stranger's packets reached bob: {:?}", bob_echo.received());
+    // Alice, from behind the NAT (her SDP names 192.168.77.10): the relay latches onto her
+    // public mapping and audio flows both ways.
+    let back = talk(&mic, relay4, 1, 30);
+    assert!(back.len() >= 20 && back.iter().all(|s| *s == relay4), "audio back through the NAT: {back:?}\n{}", sg.log());
+    let at_bob = bob_echo.received();
+    assert!(at_bob.len() >= 20 && at_bob.len() <= 30, "bob heard alice (30 sent) and nobody else: {}", at_bob.len());
+    assert!(at_bob.iter().all(|s| s.ip() == EDGE6.parse::<IpAddr>().unwrap()));
+    // The stranger still hears nothing once the call flows.
+    stranger.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut buf = [0u8; 2048];
+    assert!(stranger.recv_from(&mut buf).is_err(), "the stranger received media");
+    alice.expect_success(Duration::from_secs(30));
+    bob.expect_success(Duration::from_secs(30));
+}
