@@ -59,6 +59,8 @@ pub struct Dialog {
     pub teardown: Teardown,
     /// The relay sessions of a relayed call (`None`: direct media).
     pub media: Option<super::media::DialogMedia>,
+    /// Made by a provisional answer and not yet confirmed by a 2xx (RFC 3261 §12.1).
+    pub early: bool,
 }
 
 /// Enough of both parties to send each a BYE in the other's name.

@@ -1,4 +1,4 @@
-//! The media hand-off inside the engine: for each INVITE/UPDATE branch, whether its media goes
+//! The media hand-off inside the engine: for each INVITE/UPDATE/PRACK branch, whether its media goes
 //! through the relay ([`crate::media::policy`], from each leg's flow), asking the relay for the
 //! sessions an offer needs ([`MediaOp::Create`], answered by [`super::Input::Media`]) while the
 //! branch waits, rewriting every SDP on the way ([`crate::media::offer`]), moving the winning
@@ -131,7 +131,7 @@ impl Engine {
     /// cannot relay).
     pub(super) fn plan_branch_media(&self, ctx: &ProxyCtx, c: &Candidate, hop: Hop) -> BranchPlan {
         let Some(req) = &ctx.request else { return BranchPlan::Direct };
-        if !matches!(ctx.method, Method::Invite | Method::Update) || self.media.mode == RelayMode::Never {
+        if !matches!(ctx.method, Method::Invite | Method::Update | Method::Prack) || self.media.mode == RelayMode::Never {
             return BranchPlan::Direct;
         }
         let (current, parties) = match ctx.dialog {
@@ -271,27 +271,53 @@ impl Engine {
     /// relay learns the answerer's peers (and the offerer's held ones), and the offerer is shown
     /// the rewritten body. `None`: nothing to rewrite. A body we cannot read is replaced by none
     /// at all rather than passed around the relay.
-    pub(super) fn answer_body(&mut self, resp: &Message, answerer: Side, media: &mut BranchMedia) -> Option<String> {
-        let body = resp.body_bytes();
+    fn answer_body(&mut self, resp: &Message, answerer: Side, media: &mut BranchMedia) -> Option<String> {
         let pending = std::mem::take(&mut media.pending);
         for u in pending {
             self.media_op(MediaOp::Update(u));
         }
+        self.translate_body(resp, answerer, &mut media.call)
+    }
+
+    /// The SDP `from` sent in `msg` (an answer, a late offer in a 2xx, an answer in an ACK or a
+    /// PRACK's 2xx), read against `call`: the relay learns `from`'s peers, and the body the
+    /// other side is shown comes back. A body we cannot read is replaced by none at all.
+    fn translate_body(&mut self, msg: &Message, from: Side, call: &mut CallMedia) -> Option<String> {
+        let body = msg.body_bytes();
         if body.is_empty() {
             return None;
         }
-        let sdp = match Sdp::parse(&body).ok().filter(|_| is_sdp(resp)) {
-            Some(s) => s,
-            None => {
-                tracing::info!("unreadable SDP in a response of a relayed call: body removed");
-                return Some(String::new());
-            }
+        let Some(sdp) = Sdp::parse(&body).ok().filter(|_| is_sdp(msg)) else {
+            tracing::info!("unreadable SDP in a message of a relayed call: body removed");
+            return Some(String::new());
         };
-        let (updates, text) = offer::translate(&sdp, answerer, &mut media.call);
+        let (updates, text) = offer::translate(&sdp, from, call);
         for u in updates {
             self.media_op(MediaOp::Update(u));
         }
         Some(text)
+    }
+
+    /// The body of a response on branch `index` of `ctx_id`, read against the branch's early
+    /// dialog once it has one (the dialog then owns the sessions), else the branch's media.
+    pub(super) fn response_body(&mut self, ctx_id: u64, index: usize, resp: &Message, answerer: Side) -> Option<String> {
+        let b = self.contexts.get_mut(&ctx_id)?.branches.get_mut(index)?;
+        if let Some(did) = b.early {
+            let mut m = self.dialogs.get_mut(&did).and_then(|d| d.media.take())?;
+            let body = self.translate_body(resp, answerer, &mut m.call);
+            if let Some(d) = self.dialogs.get_mut(&did) {
+                d.media = Some(m);
+            }
+            return body;
+        }
+        let mut media = b.media.take()?;
+        let body = self.answer_body(resp, answerer, &mut media);
+        if let Some(b) = self.contexts.get_mut(&ctx_id).and_then(|c| c.branches.get_mut(index)) {
+            b.media = Some(media);
+        } else {
+            self.release_branch_media(Some(media));
+        }
+        body
     }
 
     /// Deletes the sessions made for a branch that will not carry the call.
@@ -319,18 +345,12 @@ impl Engine {
     /// The ACK of a 2xx with a body (the answer to a late offer): the relay learns the caller's
     /// peers and the callee is shown the rewritten answer.
     pub(super) fn ack_body(&mut self, did: u64, ack: &Message, from: Side) -> Option<String> {
-        let body = ack.body_bytes();
-        if body.is_empty() {
-            return None;
+        let mut m = self.dialogs.get_mut(&did)?.media.take()?;
+        let text = self.translate_body(ack, from, &mut m.call);
+        if let Some(d) = self.dialogs.get_mut(&did) {
+            d.media = Some(m);
         }
-        let d = self.dialogs.get_mut(&did)?;
-        let m = d.media.as_mut()?;
-        let Ok(sdp) = Sdp::parse(&body) else { return Some(String::new()) };
-        let (updates, text) = offer::translate(&sdp, from, &mut m.call);
-        for u in updates {
-            self.media_op(MediaOp::Update(u));
-        }
-        Some(text)
+        text
     }
 
     /// The relay heard nothing on a leg for the media timeout. A call that has not been

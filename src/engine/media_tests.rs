@@ -211,3 +211,79 @@ fn a_media_timeout_ends_the_call_with_a_bye_to_each_side() {
     sim.run_until(Duration::from_secs(120));
     assert!(sim.drained(), "{:?}", sim.eng.table_sizes());
 }
+
+#[test]
+fn prack_and_update_travel_in_the_early_dialog_and_its_media_becomes_the_calls() {
+    let mut sim = relayed();
+    let out = call(&mut sim, "+442079999999", "m-1", PHONE_SDP, "application/sdp");
+    let inv = out.iter().find(|t| t.dest.to_string() == PRIMARY).unwrap().clone();
+    let reliable = "Require: 100rel\r\nRSeq: 1\r\nContact: <sip:gw@198.51.100.1:5060>\r\n";
+    let out = sim.send(PRIMARY, &with_body(&respond(&inv, 183, "Session Progress", Some("carrier9"), reliable), CARRIER_SDP));
+    assert_only_v6(&out[0]);
+    let d = sim.eng.dialogs().next().expect("the 183 made an early dialog");
+    assert!(d.early && d.media.is_some());
+    // PRACK (RFC 3262) in the early dialog reaches the carrier, and its 200 the phone.
+    let prack = from_phone("PRACK", 3, "prack1", "").replace("Content-Length: 0", "RAck: 1 2 INVITE\r\nContent-Length: 0");
+    let out = sim.send(PHONE, &prack);
+    let fwd = out.iter().find(|t| t.dest.to_string() == PRIMARY).expect("PRACK forwarded, not 481").clone();
+    assert!(text(&fwd).starts_with("PRACK sip:gw@198.51.100.1:5060") || text(&fwd).starts_with("PRACK sip:+442079999999@198.51.100.1:5060"), "{}", text(&fwd));
+    let out = sim.send(PRIMARY, &respond(&fwd, 200, "OK", None, ""));
+    assert_eq!(status(&out[0]), 200);
+    // UPDATE with an offer in another family, still before the answer: a new session follows.
+    let first = *sim.relay.live.iter().next().unwrap();
+    let v4 = PHONE_SDP.replace("IN IP6 2001:db8::10", "IN IP4 203.0.113.10").replace(" 1 1 IN", " 1 2 IN");
+    let out = sim.send(PHONE, &from_phone("UPDATE", 4, "upd1", &v4));
+    let upd = out.iter().find(|t| t.dest.to_string() == PRIMARY).expect("UPDATE forwarded").clone();
+    assert_only_v4(&upd);
+    let out = sim.send(PRIMARY, &with_body(&respond(&upd, 200, "OK", None, ""), CARRIER_SDP));
+    // The phone now takes IPv4 media: it is shown the relay's IPv4 side, never the carrier.
+    assert!(body(&out[0]).contains("c=IN IP4 192.0.2.5\r\n") && !body(&out[0]).contains("198.51.100"), "{}", body(&out[0]));
+    assert_eq!(sim.relay.live.len(), 1);
+    assert!(!sim.relay.live.contains(&first), "the session the UPDATE replaced is gone");
+    // The 200 confirms the early dialog: one call, counted once, with the UPDATE's media.
+    let ok = with_body(&respond(&inv, 200, "OK", Some("carrier9"), "Contact: <sip:gw@198.51.100.1:5060>\r\n"), CARRIER_SDP);
+    let out = sim.send(PRIMARY, &ok);
+    assert!(body(&out[0]).contains("c=IN IP4 192.0.2.5\r\n") && body(&out[0]).contains(" 9 2 IN IP4"), "the UPDATE's media, its version (nothing changed since): {}", body(&out[0]));
+    assert_eq!(sim.eng.dialogs().count(), 1);
+    assert!(!sim.eng.dialogs().next().unwrap().early);
+    assert_eq!(sim.eng.stats.calls_answered, 1);
+    sim.send(PHONE, &from_phone("ACK", 2, "ack1", ""));
+    let out = sim.send(PHONE, &from_phone("BYE", 5, "bye1", ""));
+    let bye = out.iter().find(|t| t.dest.to_string() == PRIMARY).unwrap().clone();
+    sim.send(PRIMARY, &respond(&bye, 200, "OK", None, ""));
+    assert!(sim.relay.live.is_empty());
+    sim.run_until(Duration::from_secs(120));
+    assert!(sim.drained(), "{:?}", sim.eng.table_sizes());
+}
+
+#[test]
+fn a_rejected_call_ends_its_early_dialog_and_its_sessions() {
+    let mut sim = relayed();
+    let out = call(&mut sim, "+442079999999", "m-1", PHONE_SDP, "application/sdp");
+    let inv = out.iter().find(|t| t.dest.to_string() == PRIMARY).unwrap().clone();
+    sim.send(PRIMARY, &with_body(&respond(&inv, 183, "Session Progress", Some("carrier9"), ""), CARRIER_SDP));
+    assert_eq!(sim.eng.dialogs().count(), 1);
+    let out = sim.send(PRIMARY, &respond(&inv, 486, "Busy Here", Some("carrier9"), ""));
+    assert!(out.iter().any(|t| status(t) == 486));
+    assert_eq!(sim.eng.dialogs().count(), 0, "the early dialog ended with the call");
+    assert!(sim.relay.live.is_empty());
+    assert_eq!(sim.eng.stats.calls_answered, 0);
+}
+
+#[test]
+fn an_offer_in_a_reliable_183_is_answered_in_the_prack() {
+    let mut sim = relayed();
+    let out = call(&mut sim, "+442079999999", "m-1", "", "application/sdp");
+    let inv = out.iter().find(|t| t.dest.to_string() == PRIMARY).unwrap().clone();
+    let reliable = "Require: 100rel\r\nRSeq: 1\r\nContact: <sip:gw@198.51.100.1:5060>\r\n";
+    let out = sim.send(PRIMARY, &with_body(&respond(&inv, 183, "Session Progress", Some("carrier9"), reliable), CARRIER_SDP));
+    assert_only_v6(&out[0]);
+    let ops = sim.media_ops.len();
+    let prack = from_phone("PRACK", 3, "prack1", PHONE_SDP).replace("Content-Type:", "RAck: 1 2 INVITE\r\nContent-Type:");
+    let out = sim.send(PHONE, &prack);
+    let fwd = out.iter().find(|t| t.dest.to_string() == PRIMARY).expect("PRACK forwarded").clone();
+    assert_only_v4(&fwd);
+    assert!(!sim.media_ops[ops..].iter().any(|op| matches!(op, MediaOp::Update(u) if u.leg == sixgate_relay::LegId::A)), "the phone's peer waits for the PRACK's 2xx");
+    sim.send(PRIMARY, &respond(&fwd, 200, "OK", None, ""));
+    assert!(sim.media_ops[ops..].iter().any(|op| matches!(op, MediaOp::Update(u) if u.leg == sixgate_relay::LegId::A && u.peer == Some("[2001:db8::10]:4000".parse().unwrap()))), "{:?}", &sim.media_ops[ops..]);
+}

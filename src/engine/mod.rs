@@ -889,7 +889,9 @@ impl Engine {
             for s in d.media.iter().flat_map(|m| m.call.streams.iter().flatten()) {
                 self.media_op(MediaOp::Delete(s.session));
             }
-            self.event(Event::CallEnded { call_id: String::from_utf8_lossy(&d.call_id).into_owned(), reason });
+            if !d.early {
+                self.event(Event::CallEnded { call_id: String::from_utf8_lossy(&d.call_id).into_owned(), reason });
+            }
         }
     }
 

@@ -54,7 +54,7 @@ pub(super) struct Candidate {
 }
 
 #[derive(Debug)]
-struct Branch {
+pub(super) struct Branch {
     client: Option<u64>,
     candidate: Candidate,
     hop: Hop,
@@ -67,8 +67,11 @@ struct Branch {
     auth_retried: bool,
     /// The CSeq number this branch's request carried.
     cseq: u32,
-    /// Its relay sessions, when its media is relayed.
-    media: Option<super::media::BranchMedia>,
+    /// Its relay sessions, when its media is relayed (until an early dialog takes them).
+    pub(super) media: Option<super::media::BranchMedia>,
+    /// The early dialog a provisional answer with a To tag made (RFC 3261 §12.1): PRACK and
+    /// UPDATE travel in it before the 2xx, and it owns the branch's relay sessions.
+    pub(super) early: Option<u64>,
 }
 
 /// RFC 3261 §16 "response context": one per forwarded request.
@@ -88,7 +91,7 @@ pub struct ProxyCtx {
     pop_routes: usize,
     pop_last_route: bool,
     drop_lines: Vec<Span>,
-    branches: Vec<Branch>,
+    pub(super) branches: Vec<Branch>,
     serial: VecDeque<Candidate>,
     /// The best final response so far: status, bytes to send upstream (our Via popped), or
     /// `None` bytes when we must generate it.
@@ -880,7 +883,7 @@ impl Engine {
         let index = ctx.branches.len();
         let auth_retried = auth.is_some();
         if let Some(ctx) = self.contexts.get_mut(&ctx_id) {
-            ctx.branches.push(Branch { client: None, candidate: c, hop, final_status: None, provisional: false, alerted: false, cancel_pending: false, auth_retried, cseq, media });
+            ctx.branches.push(Branch { client: None, candidate: c, hop, final_status: None, provisional: false, alerted: false, cancel_pending: false, auth_retried, cseq, media, early: None });
         }
         let cid = self.start_client(now, parsed, bytes, hop, ClientOwner::Branch { ctx: ctx_id, branch: index }, is_invite);
         self.stats.requests_forwarded += 1;
@@ -908,15 +911,16 @@ impl Engine {
         let Some(ctx) = self.contexts.get_mut(&ctx_id) else { return };
         // A relayed branch: the answer's SDP (or a late offer in the 2xx) is shown rewritten.
         let answerer = ctx.side.other();
-        let mut media = ctx.branches.get_mut(index).and_then(|b| b.media.take());
-        let body = match (media.as_mut(), resp.as_ref()) {
-            (Some(m), Some(r)) if (101..300).contains(&status) => self.answer_body(r, answerer, m),
+        let body = match resp.as_ref() {
+            Some(r) if (101..300).contains(&status) => self.response_body(ctx_id, index, r, answerer),
             _ => None,
         };
+        if let Some(r) = resp.as_ref().filter(|r| (101..200).contains(&status) && r.to.tag.is_some()) {
+            self.early_dialog(now, ctx_id, index, r);
+        }
         let Some(ctx) = self.contexts.get_mut(&ctx_id) else { return };
         let original_cseq = ctx.original_cseq;
         let Some(b) = ctx.branches.get_mut(index) else { return };
-        b.media = media;
         let upstream = |resp: &Message, b: &Branch| edit::pop_via_and_cseq(resp, (b.cseq != original_cseq).then_some(original_cseq), body.as_deref());
         if status < 200 {
             b.provisional = true;
@@ -937,7 +941,6 @@ impl Engine {
         b.final_status = Some(status);
         let carrier = b.candidate.carrier;
         let hop = b.hop;
-        let branch_cseq = b.cseq;
         if (200..300).contains(&status) {
             let Some(resp) = resp else { return };
             let bytes = upstream(&resp, b);
@@ -953,12 +956,23 @@ impl Engine {
                 ctx.serial.clear();
                 self.stats.responses_forwarded += u64::from(self.send_response(now, server, status, bytes));
             }
+            let early = self.contexts.get(&ctx_id).and_then(|c| c.branches.get(index)).and_then(|b| b.early);
             let dialog = match dialog_of_request {
-                None if first_final && (is_invite || creates_subscription) => self.create_dialog(now, ctx_id, &resp, hop, carrier, branch_cseq),
+                None if first_final && (is_invite || creates_subscription) => self.create_dialog(now, ctx_id, index, &resp, false),
                 Some(did) if first_final => Some(did),
                 _ => None,
             };
-            if let Some(did) = dialog {
+            if let (Some(did), Some(e)) = (dialog, early) {
+                // The early dialog becomes the call; should the 2xx carry another tag, its
+                // sessions move to the dialog the 2xx made.
+                if did != e {
+                    let media = self.dialogs.get_mut(&e).and_then(|d| d.media.take());
+                    self.remove_dialog(e, "replaced by the 2xx's dialog");
+                    if let Some(d) = self.dialogs.get_mut(&did) {
+                        d.media = media;
+                    }
+                }
+            } else if let Some(did) = dialog {
                 // The call's media is now this branch's (a copy stays for 2xx retransmissions;
                 // its sessions are the dialog's to delete from here on).
                 let adopted = self.contexts.get_mut(&ctx_id).and_then(|c| c.branches.get_mut(index)).and_then(|b| b.media.as_mut()).map(|m| {
@@ -985,10 +999,14 @@ impl Engine {
             self.retire_if_answered(ctx_id);
             return;
         }
-        // A branch that failed carries no media.
+        // A branch that failed carries no media, and its early dialog ends.
         let media = b.media.take();
         let auth_retried = b.auth_retried;
+        let early = b.early.take();
         self.release_branch_media(media);
+        if let Some(e) = early.filter(|e| self.dialogs.get(e).is_some_and(|d| d.early)) {
+            self.remove_dialog(e, "early dialog ended");
+        }
         let Some(ctx) = self.contexts.get_mut(&ctx_id) else { return };
         if !first_final || ctx.final_sent {
             // A late answer (a cancelled branch's 487): maybe the last one we waited for.
@@ -1191,13 +1209,37 @@ impl Engine {
         if let Some(ctx) = self.contexts.remove(&ctx_id) {
             for b in ctx.branches {
                 self.release_branch_media(b.media);
+                if let Some(e) = b.early.filter(|e| self.dialogs.get(e).is_some_and(|d| d.early)) {
+                    self.remove_dialog(e, "early dialog ended");
+                }
             }
         }
     }
 
-    /// The dialog a 2xx creates (its id, also when a retransmission finds it made).
-    fn create_dialog(&mut self, now: Instant, ctx_id: u64, resp: &Message, hop: Hop, carrier: Option<usize>, branch_cseq: u32) -> Option<u64> {
+    /// A provisional answer with a To tag on an INVITE branch makes an early dialog (once per
+    /// branch), which takes over the branch's relay sessions.
+    fn early_dialog(&mut self, now: Instant, ctx_id: u64, index: usize, resp: &Message) {
+        let Some(ctx) = self.contexts.get(&ctx_id) else { return };
+        let Some(b) = ctx.branches.get(index) else { return };
+        if !ctx.is_invite || ctx.dialog.is_some() || b.early.is_some() {
+            return;
+        }
+        let Some(did) = self.create_dialog(now, ctx_id, index, resp, true) else { return };
+        let Some(b) = self.contexts.get_mut(&ctx_id).and_then(|c| c.branches.get_mut(index)) else { return };
+        b.early = Some(did);
+        if let Some(m) = b.media.take() {
+            if let Some(d) = self.dialogs.get_mut(&did) {
+                d.media = Some(super::media::DialogMedia { call: m.call, parties: m.parties });
+            }
+        }
+    }
+
+    /// The dialog a 2xx creates, or (`early`) a provisional answer with a To tag: its id, also
+    /// when it exists already (a retransmission; a 2xx confirming the early dialog).
+    fn create_dialog(&mut self, now: Instant, ctx_id: u64, index: usize, resp: &Message, early: bool) -> Option<u64> {
         let ctx = self.contexts.get(&ctx_id)?;
+        let b = ctx.branches.get(index)?;
+        let (hop, carrier, branch_cseq) = (b.hop, b.candidate.carrier, b.cseq);
         let request = ctx.request.as_ref()?;
         let (Some(ftag), Some(ttag)) = (request.from.tag, resp.to.tag) else { return None };
         let caller_flow = Hop { transport: ctx.from.transport, local: ctx.from.local, dest: ctx.from.remote };
@@ -1223,12 +1265,37 @@ impl Engine {
             cseq_offset: branch_cseq.wrapping_sub(ctx.original_cseq),
             teardown: self.teardown_info(request, resp, caller_flow, hop),
             media: None,
+            early,
         };
         let keys = DialogKey::both(&d);
         if let Some(&did) = keys.iter().find_map(|k| self.dialog_index.get(k)) {
-            return Some(did); // a retransmitted 2xx of a dialog we already hold
+            // A retransmission, or the 2xx of an early dialog: now confirmed, with the 2xx's
+            // Contact and route set.
+            let confirm = !early && self.dialogs.get(&did).is_some_and(|x| x.early);
+            if confirm {
+                if let Some(x) = self.dialogs.get_mut(&did) {
+                    x.early = false;
+                    (x.callee_target, x.callee_contact, x.teardown) = (d.callee_target, d.callee_contact, d.teardown.clone());
+                }
+                self.call_answered(ctx_id, did);
+            }
+            return Some(did);
         }
         let did = self.id();
+        for k in keys {
+            self.dialog_index.insert(k, did);
+        }
+        self.dialogs.insert(did, d);
+        self.schedule(TimerRef::Dialog(did), Some(now + std::time::Duration::from_secs(self.limits.dialog_idle_secs)));
+        if !early {
+            self.call_answered(ctx_id, did);
+        }
+        Some(did)
+    }
+
+    /// An INVITE's dialog is confirmed: counted and told.
+    fn call_answered(&mut self, ctx_id: u64, did: u64) {
+        let Some(d) = self.dialogs.get(&did) else { return };
         if self.contexts.get(&ctx_id).is_some_and(|c| c.is_invite) {
             self.stats.calls_answered += 1;
             self.event(Event::CallAnswered {
@@ -1238,12 +1305,6 @@ impl Engine {
                 crosses_family: d.crosses_family(),
             });
         }
-        for k in keys {
-            self.dialog_index.insert(k, did);
-        }
-        self.dialogs.insert(did, d);
-        self.schedule(TimerRef::Dialog(did), Some(now + std::time::Duration::from_secs(self.limits.dialog_idle_secs)));
-        Some(did)
     }
 
     /// What a BYE of ours needs to end the dialog on each side: both parties' From/To and
