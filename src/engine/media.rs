@@ -115,14 +115,7 @@ impl Engine {
         let from = ctx.from;
         let flow = Flow { transport: from.transport, local: from.local, remote: from.remote };
         let registered = self.registrar.flow(&flow).is_some_and(|f| f.nat);
-        let via = req.top_via();
-        let via_addr = via.host.ip().map(|ip| (ip, via.port.unwrap_or(5060)));
-        let contact = match &req.contacts {
-            crate::message::ContactList::Addrs(v) => v.first().and_then(|c| std::str::from_utf8(req.slice(c.uri.span)).ok()),
-            _ => None,
-        };
-        let contact_addr = contact.and_then(|u| crate::config::TargetUri::parse(u).ok()).and_then(|u| u.ip.map(|ip| (ip, u.port.unwrap_or(5060))));
-        let seen = nat::nat_reason(from.remote, from.transport == TransportKind::Tcp, via_addr, contact_addr).is_some();
+        let seen = nat::request_nat(req, from.remote, from.transport == TransportKind::Tcp).is_some();
         Party { family: family_of(from.remote), nat: ctx.carrier_origin.is_none() && (registered || seen), signal_ip: from.remote.ip() }
     }
 
@@ -356,7 +349,8 @@ impl Engine {
     /// The relay heard nothing on a leg for the media timeout. A call that has not been
     /// answered yet (ringing without early media) is not judged.
     pub(super) fn on_media_timeout(&mut self, now: Instant, session: SessionId, leg: LegId) {
-        let Some((&did, d)) = self.dialogs.iter().find(|(_, d)| d.media.as_ref().is_some_and(|m| m.call.streams.iter().flatten().any(|s| s.session == session))) else {
+        let ours = |d: &&Dialog| !d.early && d.media.as_ref().is_some_and(|m| m.call.streams.iter().flatten().any(|s| s.session == session));
+        let Some((&did, d)) = self.dialogs.iter().find(|(_, d)| ours(d)) else {
             return;
         };
         let call_id = String::from_utf8_lossy(&d.call_id).into_owned();
@@ -373,15 +367,14 @@ impl Engine {
     /// a Reason (RFC 3326), then the dialog and its media go.
     fn teardown(&mut self, now: Instant, did: u64) {
         let Some(d) = self.dialogs.get(&did) else { return };
-        let byes = [(Side::Callee, bye_for(d, Side::Callee)), (Side::Caller, bye_for(d, Side::Caller))];
-        let hops = [d.callee_target, d.caller_target];
-        for ((_, parts), hop) in byes.into_iter().zip(hops) {
+        let byes = [(bye_for(d, Side::Callee), d.callee_target), (bye_for(d, Side::Caller), d.caller_target)];
+        for (parts, hop) in byes {
             let branch = format!("z9hG4bK-sgb-{:x}", self.rng.next_u64());
             let via = self.via_line(&hop, &branch);
             let text = format!("{}{via}{}", parts.0, parts.1);
             let bytes = bytes::Bytes::from(text);
             if let Ok(parsed) = crate::message::parse(bytes.clone(), hop.transport.framing()) {
-                self.start_client(now, parsed, bytes, hop, ClientOwner::Cancel, false);
+                self.start_client(now, parsed, bytes, hop, ClientOwner::Ours, false);
             }
         }
         self.remove_dialog(did, "media timeout");

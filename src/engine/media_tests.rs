@@ -287,3 +287,16 @@ fn an_offer_in_a_reliable_183_is_answered_in_the_prack() {
     sim.send(PRIMARY, &respond(&fwd, 200, "OK", None, ""));
     assert!(sim.media_ops[ops..].iter().any(|op| matches!(op, MediaOp::Update(u) if u.leg == sixgate_relay::LegId::A && u.peer == Some("[2001:db8::10]:4000".parse().unwrap()))), "{:?}", &sim.media_ops[ops..]);
 }
+
+#[test]
+fn a_ringing_call_is_not_judged_by_the_media_timeout() {
+    let mut sim = relayed();
+    let out = call(&mut sim, "+442079999999", "m-1", PHONE_SDP, "application/sdp");
+    let inv = out.iter().find(|t| t.dest.to_string() == PRIMARY).unwrap().clone();
+    sim.send(PRIMARY, &respond(&inv, 180, "Ringing", Some("carrier9"), ""));
+    let session = sixgate_relay::SessionId(*sim.relay.live.iter().next().unwrap());
+    sim.eng.handle(sim.now, Input::MediaTimeout { session, leg: sixgate_relay::LegId::B });
+    assert!(sim.drain().is_empty(), "no BYE for a call still ringing");
+    assert_eq!(sim.eng.dialogs().count(), 1, "the early dialog stays");
+    assert_eq!(sim.relay.live.len(), 1);
+}

@@ -248,8 +248,8 @@ enum ClientOwner {
     Branch { ctx: u64, branch: usize },
     /// The OPTIONS probe of carrier `carrier`.
     Probe { carrier: usize },
-    /// A CANCEL we sent; nobody needs its answer.
-    Cancel,
+    /// A request of our own whose answer nobody needs: a CANCEL, a media-timeout BYE.
+    Ours,
     /// The OPTIONS keepalive of a registered flow.
     Keepalive { flow: u64 },
 }
@@ -774,7 +774,7 @@ impl Engine {
                     self.carrier_health(carrier, resp.is_some());
                 }
             }
-            ClientOwner::Cancel => {}
+            ClientOwner::Ours => {}
             ClientOwner::Keepalive { flow } => {
                 if status >= 200 {
                     self.keepalive_outcome(now, flow, resp.is_some());
@@ -795,7 +795,7 @@ impl Engine {
         let carrier = match e.owner {
             ClientOwner::Probe { carrier } => Some(carrier),
             ClientOwner::Branch { ctx, branch } => self.contexts.get(&ctx).and_then(|c| c.branch_carrier(branch)),
-            ClientOwner::Cancel | ClientOwner::Keepalive { .. } => None,
+            ClientOwner::Ours | ClientOwner::Keepalive { .. } => None,
         };
         carrier.is_some_and(|c| self.router.carriers()[c].source_cidrs.iter().any(|n| n.contains(src)))
     }

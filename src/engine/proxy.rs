@@ -1120,7 +1120,7 @@ impl Engine {
         self.client_rescheduled(cid);
         let framing = hop.transport.framing();
         if let Ok(parsed) = parse(bytes.clone(), framing) {
-            self.start_client(now, parsed, bytes, hop, ClientOwner::Cancel, false);
+            self.start_client(now, parsed, bytes, hop, ClientOwner::Ours, false);
         }
     }
 

@@ -244,10 +244,7 @@ impl RegisterRequest {
                 (Some(out), false)
             }
         };
-        let via = msg.top_via();
-        let via_addr = via.host.ip().map(|ip| (ip, via.port.unwrap_or(5060)));
-        let contact_addr = contacts.as_ref().and_then(|v| v.first()).and_then(|c| crate::config::TargetUri::parse(&c.uri).ok()).and_then(|u| u.ip.map(|ip| (ip, u.port.unwrap_or(5060))));
-        let nat = nat::nat_reason(flow.remote, flow.transport == TransportKind::Tcp, via_addr, contact_addr);
+        let nat = nat::request_nat(msg, flow.remote, flow.transport == TransportKind::Tcp);
         Ok(RegisterRequest {
             aor: aor.to_string(),
             contacts,

@@ -1,5 +1,7 @@
-//! NAT detection for a registering phone (what RFC 3581 and RFC 5626 exist for): the phone
-//! wrote one address into Via and Contact, its packets came from another. Pure functions.
+//! NAT detection for a registering or calling phone (what RFC 3581 and RFC 5626 exist for):
+//! the phone wrote one address into Via and Contact, its packets came from another. Pure
+//! functions; the registrar stores the reason with the binding, the media hand-off latches a
+//! caller's relay leg on it.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -19,6 +21,19 @@ pub fn is_private(ip: IpAddr) -> bool {
             }
         },
     }
+}
+
+/// [`nat_reason`] for a request as it arrived from `source`: its top Via's sent-by and its
+/// first Contact (when an IP literal) against the source.
+pub fn request_nat(msg: &crate::message::Message, source: SocketAddr, reliable: bool) -> Option<&'static str> {
+    let via = msg.top_via();
+    let via_addr = via.host.ip().map(|ip| (ip, via.port.unwrap_or(5060)));
+    let contact = match &msg.contacts {
+        crate::message::ContactList::Addrs(v) => v.first().and_then(|c| std::str::from_utf8(msg.slice(c.uri.span)).ok()),
+        _ => None,
+    };
+    let contact_addr = contact.and_then(|u| crate::config::TargetUri::parse(u).ok()).and_then(|u| u.ip.map(|ip| (ip, u.port.unwrap_or(5060))));
+    nat_reason(source, reliable, via_addr, contact_addr)
 }
 
 /// Why a phone is behind NAT, or `None`. `via` is the top Via's sent-by (the port 5060 when
