@@ -22,6 +22,12 @@
 //! it could not offer is reported as generator-limited, never as a forwarder result).
 //!
 //! `RELAY_BENCH_QUICK=1` shortens every step (for a smoke run).
+//!
+//! rtpengine (Debian's `rtpengine-daemon`, userspace forwarding, one thread pinned to the
+//! forwarders' CPU) runs in the throughput search and the CPU-per-packet step beside the others
+//! when `/usr/bin/rtpengine` exists (`RTPENGINE` overrides the path): its sessions are made over
+//! its ng control protocol (offer/answer, IPv6 in, IPv4 out), its forwarded count read from the
+//! ng `statistics` command. Without it the rtpengine column says so.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
@@ -332,11 +338,124 @@ impl RelayUnderTest {
     }
 }
 
+/// rtpengine as a separate process, driven over its ng protocol (bencode over UDP).
+struct RtpengineUnderTest {
+    child: std::process::Child,
+    ng: UdpSocket,
+    targets: Vec<SocketAddr>,
+}
+
+/// The rtpengine binary, if installed.
+fn rtpengine_bin() -> Option<std::path::PathBuf> {
+    let p = std::env::var_os("RTPENGINE").map_or_else(|| std::path::PathBuf::from("/usr/bin/rtpengine"), Into::into);
+    p.exists().then_some(p)
+}
+
+/// Its pid while one runs, for [`forwarder_cpu_ns`].
+static RTPENGINE_PID: AtomicU64 = AtomicU64::new(0);
+
+fn bencode(out: &mut Vec<u8>, pairs: &[(&str, &str)], direction: bool) {
+    out.push(b'd');
+    let mut all: Vec<(&str, &str)> = pairs.to_vec();
+    all.sort();
+    for (k, v) in all {
+        if k == "direction" {
+            continue;
+        }
+        out.extend_from_slice(format!("{}:{k}{}:{v}", k.len(), v.len()).as_bytes());
+    }
+    if direction {
+        out.extend_from_slice(b"9:directionl2:v62:v4e");
+    }
+    out.push(b'e');
+}
+
+impl RtpengineUnderTest {
+    fn start(bin: &std::path::Path, sessions: usize, gen: SocketAddr, sink: SocketAddr) -> RtpengineUnderTest {
+        let ng = udp("127.0.0.1:0", None);
+        let probe = udp("127.0.0.1:0", None);
+        let ng_port = probe.local_addr().unwrap().port();
+        drop(probe);
+        let child = std::process::Command::new("taskset")
+            .args(["-c", &RELAY_CPU.to_string()])
+            .arg(bin)
+            .args(["--foreground", "--log-stderr", "--log-level=6", "--table=-1", "--num-threads=1"])
+            .args(["--interface=v6/::1", "--interface=v4/127.0.0.1", "--port-min=20000", "--port-max=65000"])
+            .args(["--timeout=3600", "--delete-delay=0"])
+            .arg(format!("--listen-ng=127.0.0.1:{ng_port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(match std::env::var_os("RTPENGINE_LOG") {
+                Some(path) => std::fs::File::create(path).map_or_else(|_| std::process::Stdio::null(), Into::into),
+                None => std::process::Stdio::null(),
+            })
+            .spawn()
+            .expect("start rtpengine (taskset from util-linux)");
+        RTPENGINE_PID.store(u64::from(child.id()), Ordering::Relaxed);
+        ng.connect(("127.0.0.1", ng_port)).unwrap();
+        ng.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let mut r = RtpengineUnderTest { child, ng, targets: Vec::new() };
+        // Until it listens, a ping is refused at once (ICMP): pace the tries, 10 s in all.
+        let up = (0..100).any(|_| {
+            let pong = r.call(&[("command", "ping")], false).is_some_and(|a| a.contains("pong"));
+            if !pong {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            pong
+        });
+        assert!(up, "rtpengine does not answer ng ping on 127.0.0.1:{ng_port}");
+        let sdp = |a: SocketAddr| {
+            let (fam, ip) = if a.is_ipv6() { ("IP6", "::1") } else { ("IP4", "127.0.0.1") };
+            format!("v=0\r\no=- 1 1 IN {fam} {ip}\r\ns=-\r\nc=IN {fam} {ip}\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\n", a.port())
+        };
+        let (offer, answer) = (sdp(gen), sdp(sink));
+        for i in 0..sessions {
+            let call = format!("bench-{i}");
+            r.call(&[("command", "offer"), ("call-id", &call), ("from-tag", "a"), ("sdp", &offer), ("ICE", "remove")], true).expect("ng offer");
+            let a = r.call(&[("command", "answer"), ("call-id", &call), ("from-tag", "a"), ("to-tag", "b"), ("sdp", &answer)], false).expect("ng answer");
+            let port: u16 = a.split("m=audio ").nth(1).and_then(|x| x.split(' ').next()).and_then(|p| p.parse().ok()).expect("port in the answer");
+            r.targets.push(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)));
+        }
+        r
+    }
+
+    /// One ng request and its answer (text, cookie removed).
+    fn call(&self, pairs: &[(&str, &str)], direction: bool) -> Option<String> {
+        let cookie = format!("{:x}", realtime_ns());
+        let mut msg = format!("{cookie} ").into_bytes();
+        bencode(&mut msg, pairs, direction);
+        self.ng.send(&msg).ok()?;
+        let mut buf = vec![0u8; 65536];
+        for _ in 0..10 {
+            let n = self.ng.recv(&mut buf).ok()?;
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if let Some(rest) = text.strip_prefix(&format!("{cookie} ")) {
+                return Some(rest.to_string());
+            }
+        }
+        None
+    }
+
+    /// Packets rtpengine relayed so far (all its calls, userspace).
+    fn forwarded(&self) -> u64 {
+        let Some(a) = self.call(&[("command", "statistics")], false) else { return 0 };
+        a.split("19:relayedpackets_useri").nth(1).and_then(|x| x.split('e').next()).and_then(|n| n.parse().ok()).unwrap_or(0)
+    }
+}
+
+impl Drop for RtpengineUnderTest {
+    fn drop(&mut self) {
+        RTPENGINE_PID.store(0, Ordering::Relaxed);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[allow(clippy::large_enum_variant)] // three values per bench run
 enum Forwarder {
     Direct(Vec<SocketAddr>),
     Raw(RawForwarder),
     Relay(RelayUnderTest),
+    Rtpengine(RtpengineUnderTest),
 }
 
 impl Forwarder {
@@ -345,6 +464,7 @@ impl Forwarder {
             Forwarder::Direct(t) => t,
             Forwarder::Raw(r) => &r.targets,
             Forwarder::Relay(r) => &r.targets,
+            Forwarder::Rtpengine(r) => &r.targets,
         }
     }
 
@@ -358,6 +478,7 @@ impl Forwarder {
             Forwarder::Direct(_) => (0, 0),
             Forwarder::Raw(r) => (r.forwarded.load(Ordering::Relaxed), 0),
             Forwarder::Relay(r) => r.counts(),
+            Forwarder::Rtpengine(r) => (r.forwarded(), 0),
         }
     }
 
@@ -386,6 +507,7 @@ enum Kind {
     Epoll,
     /// The io_uring engine with `busy_poll` (never sleeps).
     UringBusy,
+    Rtpengine,
 }
 
 impl Kind {
@@ -396,6 +518,7 @@ impl Kind {
             Kind::Uring => "relay io_uring",
             Kind::Epoll => "relay epoll",
             Kind::UringBusy => "relay io_uring busy-poll",
+            Kind::Rtpengine => "rtpengine 10 (userspace)",
         }
     }
 }
@@ -412,6 +535,7 @@ fn make(kind: Kind, sessions: usize, gen: SocketAddr, sink: SocketAddr) -> Forwa
             gen,
             sink,
         )),
+        Kind::Rtpengine => Forwarder::Rtpengine(RtpengineUnderTest::start(&rtpengine_bin().expect("rtpengine installed"), sessions, gen, sink)),
     }
 }
 
@@ -682,9 +806,17 @@ impl Drop for SinkReader {
 /// kernel workers for this process (if any) `iou-wrk-*` / `iou-sqp-*`.
 const RAW_THREAD: &str = "raw-fwd";
 
-/// CPU time (ns, from schedstat) of this process's forwarder threads: only one forwarder
-/// exists at a time, so this is the forwarder under test.
+/// CPU time (ns, from schedstat) of this process's forwarder threads, or of the rtpengine
+/// process while one runs: only one forwarder exists at a time, so this is the one under test.
 fn forwarder_cpu_ns() -> u64 {
+    let pid = RTPENGINE_PID.load(Ordering::Relaxed);
+    if pid != 0 {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+        return dir
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+    }
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return 0 };
     dir.filter_map(|e| e.ok())
         .filter(|e| {
@@ -843,6 +975,26 @@ fn search(gen: &mut Generator, fwd: &Forwarder, plan: &Plan, ceiling: f64) -> Se
     let targets: Vec<SockAddr> = fwd.targets().iter().map(|&a| SockAddr::from(a)).collect();
     // Warm-up at a low rate (caches, first-packet paths).
     run_step(gen, fwd, &targets, 5000.0, Duration::from_millis(200));
+    search_with(gen, plan, ceiling, |gen, rate, dur| run_step(gen, fwd, &targets, rate, dur))
+}
+
+/// rtpengine stops reading a socket for good once it found more than 50 datagrams queued on
+/// five wake-ups (MAX_RECV_ITERS / MAX_RECV_LOOP_STRIKES in its media_socket.c; its poller is
+/// edge-triggered, so a struck socket is never drained again). A step above its capacity would
+/// therefore kill every later step: each step gets a fresh rtpengine with fresh sessions, warmed
+/// up at 5 kpps like the others.
+fn search_fresh_rtpengine(gen: &mut Generator, n: usize, sink: SocketAddr, plan: &Plan, ceiling: f64) -> SearchResult {
+    search_with(gen, plan, ceiling, |gen, rate, dur| fresh_rtpengine_step(gen, n, sink, rate, dur))
+}
+
+fn fresh_rtpengine_step(gen: &mut Generator, n: usize, sink: SocketAddr, rate: f64, dur: Duration) -> Step {
+    let fwd = make(Kind::Rtpengine, n, gen.addr(), sink);
+    let targets: Vec<SockAddr> = fwd.targets().iter().map(|&a| SockAddr::from(a)).collect();
+    one_step(gen, &fwd, &targets, 5000.0, Duration::from_millis(200));
+    one_step(gen, &fwd, &targets, rate, dur)
+}
+
+fn search_with(gen: &mut Generator, plan: &Plan, ceiling: f64, mut run_step: impl FnMut(&mut Generator, f64, Duration) -> Step) -> SearchResult {
     let mut lo: Option<(f64, Step)> = None;
     let mut hi: Option<(f64, Step)> = None;
     let mut gen_limited = false;
@@ -851,7 +1003,7 @@ fn search(gen: &mut Generator, fwd: &Forwarder, plan: &Plan, ceiling: f64) -> Se
     loop {
         let capped = rate >= cap;
         rate = rate.min(cap);
-        let s = run_step(gen, fwd, &targets, rate, plan.step);
+        let s = run_step(gen, rate, plan.step);
         if !s.gen_ok {
             gen_limited = true;
             break;
@@ -872,7 +1024,7 @@ fn search(gen: &mut Generator, fwd: &Forwarder, plan: &Plan, ceiling: f64) -> Se
         let mut lo_rate = lo.map_or(hi_rate / 4.0, |l| l.0);
         for _ in 0..plan.bisect {
             let mid = (lo_rate + hi_rate) / 2.0;
-            let s = run_step(gen, fwd, &targets, mid, plan.step);
+            let s = run_step(gen, mid, plan.step);
             if !s.gen_ok {
                 gen_limited = true;
                 break;
@@ -1087,13 +1239,35 @@ fn main() {
     let mut memory = None;
     for &n in &plan.counts {
         let mut row = Vec::new();
-        for kind in [Kind::Raw, Kind::Uring, Kind::Epoll] {
+        let with_rtpengine = rtpengine_bin().is_some();
+        let kinds = [Kind::Raw, Kind::Uring, Kind::Epoll, Kind::Rtpengine];
+        for kind in kinds.into_iter().filter(|&k| k != Kind::Rtpengine || with_rtpengine) {
             let mut gen = Generator::new(true);
             // By default the sink is never read: the forwarders' cost ends at handing datagrams
             // to the kernel (delivery into a full queue is a cheap drop). RELAY_BENCH_READ_SINK=1
             // drains it from a thread on CPU 0 (real enqueue cost; competes with the generator).
             let sink = udp("127.0.0.1:0", if read_sink { Some(4 << 20) } else { None });
             let _reader = read_sink.then(|| SinkReader::start(&sink));
+            if kind == Kind::Rtpengine {
+                // Its own process and fd table: 4 sockets per session.
+                let n = n.min((fd_limit.saturating_sub(500) / 4) as usize);
+                let ceiling = row.iter().map(|r: &(Kind, SearchResult, f64)| r.2).fold(f64::INFINITY, f64::min);
+                let sink_addr = sink.local_addr().unwrap();
+                let r = search_fresh_rtpengine(&mut gen, n, sink_addr, &plan, ceiling);
+                let eff_rate = efficiency_rate(n);
+                let eff = fresh_rtpengine_step(&mut gen, n, sink_addr, eff_rate, plan.step);
+                eprintln!(
+                    "  {n:>5} sessions, {:<15} max {:>9.0} pps (loss {:.4}%), at {eff_rate:.0} pps: loss {:.2}%, thread CPU {:.1} ms (a fresh rtpengine per step)",
+                    kind.name(),
+                    r.best.forwarded_pps,
+                    r.best.loss * 100.0,
+                    eff.loss * 100.0,
+                    eff.fwd_cpu_ns as f64 / 1e6
+                );
+                efficiency.push((n, kind, eff_rate, eff));
+                row.push((kind, r, ceiling));
+                continue;
+            }
             let (rss0, slab0) = (rss_bytes(), slab_bytes());
             let fwd = make(kind, n, gen.addr(), sink.local_addr().unwrap());
             if n == *plan.counts.last().unwrap() && kind == Kind::Uring {
@@ -1140,8 +1314,9 @@ fn main() {
     }
 
     println!("\n### Max forwarded packets/s with < 0.1 % loss (172-byte packets, IPv6 in -> IPv4 out)\n");
-    println!("| sessions | raw recvmmsg/sendmmsg | relay io_uring | ratio | relay epoll | ratio | lowest generator ceiling |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("Ratios: relay ÷ raw; last column relay io_uring ÷ rtpengine (same generator, same core).\n");
+    println!("| sessions | raw recvmmsg/sendmmsg | relay io_uring | ratio | relay epoll | ratio | rtpengine | io_uring ÷ rtpengine | lowest generator ceiling |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut half_rate_100 = None;
     for (n, row) in &table {
         let raw = &row[0].1;
@@ -1159,8 +1334,22 @@ fn main() {
             }
         };
         let ceiling = row.iter().map(|r| r.2).fold(f64::INFINITY, f64::min);
+        let (rtpe, vs_rtpe) = match row.iter().find(|r| r.0 == Kind::Rtpengine) {
+            Some((_, r, _)) => {
+                let relay = &row[1].1;
+                let v = relay.best.forwarded_pps / r.best.forwarded_pps;
+                let bound = match (relay.gen_limited, r.gen_limited) {
+                    (false, false) => format!("{v:.2}"),
+                    (true, false) => format!("≥ {v:.2}"),
+                    (false, true) => format!("≤ {v:.2}"),
+                    (true, true) => "n/a (both ≥ generator cap)".to_string(),
+                };
+                (fmt(r), bound)
+            }
+            None => ("not installed".to_string(), "–".to_string()),
+        };
         println!(
-            "| {n} | {} | {} | {} | {} | {} | {:.0} |",
+            "| {n} | {} | {} | {} | {} | {} | {rtpe} | {vs_rtpe} | {:.0} |",
             fmt(raw),
             fmt(&row[1].1),
             ratio(&row[1].1),
