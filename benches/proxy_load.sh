@@ -14,6 +14,16 @@
 #   RATES="200 500 1000 2000"   offered call rates (calls/s), one step each
 #   DURATION=5                  seconds of offered load per step (sipp -m = RATE*DURATION)
 #   HOLD_MS=0                   call hold time between ACK and BYE (sipp -d)
+#   MEDIA=0                     1: the IPv6 caller's SDP is bridged to the IPv4 callee through a
+#                               relay: sixgate's own ([media] relay = "auto") against Kamailio
+#                               with rtpengine (rtpengine-daemon, userspace; rtpengine_offer /
+#                               _answer / _delete with direction=v6 direction=v4, ICE=remove), so
+#                               every call creates, updates and deletes a relay session. No RTP is
+#                               sent (benches/relay.rs measures forwarding against rtpengine);
+#                               rtpengine runs as a child of Kamailio's main process, so its CPU
+#                               and memory count in the proxy's figures. 0: signaling only
+#                               (sixgate with relay = "never", Kamailio without rtpengine).
+#   RTPENGINE_BIN=/usr/bin/rtpengine
 #   SETTLE=1                    seconds after the UAC ends still counted in the proxy/UAS CPU
 #                               (transaction timers); the UAS is stopped after it
 #   SIXGATE_BIN=<repo>/target/release/sixgate   (missing: sixgate is skipped, said loudly)
@@ -45,6 +55,8 @@ KAMAILIO_BIN=${KAMAILIO_BIN:-/usr/sbin/kamailio}
 KAMAILIO_MODULES=${KAMAILIO_MODULES:-/usr/lib/x86_64-linux-gnu/kamailio/modules}
 KAMAILIO_CHILDREN=${KAMAILIO_CHILDREN:-2}
 SIXGATE_BIN=${SIXGATE_BIN:-$ROOT/target/release/sixgate}
+MEDIA=${MEDIA:-0}
+RTPENGINE_BIN=${RTPENGINE_BIN:-/usr/bin/rtpengine}
 UAC_SF=$ROOT/benches/sipp/load_uac_auth.xml
 UAS_SF=$ROOT/benches/sipp/load_uas.xml
 NUMBER=+442071234567
@@ -80,12 +92,29 @@ if [ -n "${PORT_BASE:-}" ]; then
 else
     for _ in $(seq 50); do
         BASE=$(( 10000 + (RANDOM % 200) * 100 ))
-        ok=1; for o in 0 1 2 10 11 12 13 20 21 22 23 30 31; do port_free $((BASE + o)) || ok=0; done
+        ok=1; for o in 0 1 2 10 11 12 13 20 21 22 23 30 31 40; do port_free $((BASE + o)) || ok=0; done
         [ $ok = 1 ] && break
     done
 fi
 PPORT=$BASE UAS_PORT=$((BASE + 1)) UAC_PORT=$((BASE + 2))
-UAC_MP=$((BASE + 10)) UAS_MP=$((BASE + 20)) UAC_CP=$((BASE + 30)) UAS_CP=$((BASE + 31))
+UAC_MP=$((BASE + 10)) UAS_MP=$((BASE + 20)) UAC_CP=$((BASE + 30)) UAS_CP=$((BASE + 31)) NG_PORT=$((BASE + 40))
+
+# Kamailio's part for MEDIA=1: the rtpengine module, the offer, the answer, the deletes.
+RTPE_FLAGS="direction=v6 direction=v4 ICE=remove replace-origin"
+kamailio_media_modules() {
+    [ "$MEDIA" = 1 ] || return 0
+    printf 'loadmodule "rtpengine.so"\nmodparam("rtpengine", "rtpengine_sock", "udp:127.0.0.1:%s")\n' "$NG_PORT"
+}
+kamailio_offer() {
+    [ "$MEDIA" = 1 ] || return 0
+    printf 'if (is_method("INVITE") && has_body("application/sdp")) { rtpengine_offer("%s"); t_on_reply("MEDIA"); t_on_failure("MEDIA_FAILED"); }' "$RTPE_FLAGS"
+}
+kamailio_bye() { [ "$MEDIA" = 1 ] && printf '%s' 'if (is_method("BYE")) { rtpengine_delete(); }'; }
+kamailio_media_routes() {
+    [ "$MEDIA" = 1 ] || return 0
+    printf 'onreply_route[MEDIA] {\n    if (has_body("application/sdp")) { rtpengine_answer("%s"); }\n}\n' "$RTPE_FLAGS"
+    printf 'failure_route[MEDIA_FAILED] {\n    rtpengine_delete();\n}\n'
+}
 
 # ---------------------------------------------------------------- proxies
 write_kamailio_cfg() {
@@ -106,6 +135,7 @@ loadmodule "maxfwd.so"
 loadmodule "textops.so"
 loadmodule "siputils.so"
 loadmodule "auth.so"
+$(kamailio_media_modules)
 
 modparam("rr", "enable_double_rr", 1)
 modparam("rr", "append_fromtag", 1)
@@ -117,7 +147,7 @@ request_route {
 
     if (has_totag()) {
         # in-dialog: ACK/BYE along the Record-Route set
-        if (loose_route()) { t_relay(); exit; }
+        if (loose_route()) { $(kamailio_bye) t_relay(); exit; }
         # ACK to a 407 is absorbed by sl; ACK to a relayed non-2xx by tm
         if (is_method("ACK")) { if (t_check_trans()) { t_relay(); } exit; }
         sl_send_reply("404", "Not here");
@@ -141,9 +171,11 @@ request_route {
         exit;
     }
     if (is_method("INVITE")) { record_route(); }
+    $(kamailio_offer)
     if (!t_relay()) { sl_reply_error(); }
     exit;
 }
+$(kamailio_media_routes)
 EOF
 }
 
@@ -177,6 +209,10 @@ algorithms = ["MD5", "SHA-256"]
 [log]
 level = "warn"
 
+[media]
+# A released port pair waits 30 s before reuse: a range holds (calls/s x (hold + 30 s)) calls.
+$( [ "$MEDIA" = 1 ] && printf 'relay = "auto"\nipv6 = "::1"\nipv4 = "127.0.0.1"\nports_v6 = [20000, 65000]\nports_v4 = [20000, 65000]' || printf 'relay = "never"' )
+
 [[users]]
 username = "alice"
 password = "secret"
@@ -204,6 +240,15 @@ start_proxy() {  # start_proxy NAME: sets PROXY_PID; returns 1 on failure, 2 whe
         # Shared memory: every transaction lives in it for up to 32 s (Timer H/J); 256 MB ran
         # out at 3 000 calls/s ("could not allocate shared memory"), so give it plenty.
         set -- "$KAMAILIO_BIN" -DD -E -f "$dir/kamailio.cfg" -Y "$dir" -w "$dir" -m "${KAMAILIO_SHM_MB:-4096}" -M 32
+        if [ "$MEDIA" = 1 ]; then
+            [ -x "$RTPENGINE_BIN" ] || { echo "SKIP kamailio: MEDIA=1 needs rtpengine at $RTPENGINE_BIN (Debian rtpengine-daemon)"; return 2; }
+            # rtpengine first, from a shell that then becomes Kamailio: rtpengine is a child of
+            # the proxy's pid, so the CPU and memory sampling of that tree include it.
+            local rtpe=("$RTPENGINE_BIN" --foreground --table=-1 --interface=v6/::1 --interface=v4/127.0.0.1
+                --listen-ng="127.0.0.1:$NG_PORT" --port-min=20000 --port-max=65000 --delete-delay="${RTPENGINE_DELETE_DELAY:-0}" --log-level=3 --pidfile="$dir/rtpengine.pid")
+            echo "  rtpengine:"; show_cmd "${rtpe[@]}"
+            set -- bash -c "$(printf '%q ' "${rtpe[@]}") > $(printf '%q' "$dir/rtpengine.log") 2>&1 & sleep 1; exec $(printf '%q ' "$@")"
+        fi
         ;;
     sixgate)
         [ -x "$SIXGATE_BIN" ] || {
@@ -337,6 +382,7 @@ header() {
 
 # ---------------------------------------------------------------- main
 echo "sipp load: rates [$RATES] calls/s, ${DURATION}s each, hold ${HOLD_MS} ms; ports proxy $PPORT, UAS $UAS_PORT, UAC $UAC_PORT; work dir $WORK"
+[ "$MEDIA" = 1 ] && echo "MEDIA=1: every call's SDP bridged IPv6 <-> IPv4 through a relay session (sixgate's relay; Kamailio + rtpengine), no RTP sent"
 echo "(retrans = UAC retransmissions; rtd_ms = mean first INVITE -> 200, 407 round included (1 ms resolution);"
 echo " *_us = CPU µs per attempted call; *%c = CPU as % of one core over the step;"
 echo " pss_mb = proxy memory (PSS of its process tree) at the end of the step)"
@@ -363,6 +409,7 @@ for name in "${PROXIES[@]}"; do
     done
     if kill -0 "$PROXY_PID" 2>/dev/null; then RAN+=("$name"); else status=1; fi
     stop "$PROXY_PID"
+    [ -s "$WORK/$name/rtpengine.pid" ] && kill -TERM "$(cat "$WORK/$name/rtpengine.pid")" 2>/dev/null
     if grep -qiE 'error|panic|critical' "$WORK/$name/proxy.log"; then
         echo "  $name log has errors/warnings:"; grep -iE 'error|panic|critical' "$WORK/$name/proxy.log" | head -5 | sed 's/^/    /'
     fi
