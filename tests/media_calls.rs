@@ -392,3 +392,32 @@ fn a_phone_behind_nat_calls_an_ipv6_phone_through_latching_and_a_stranger_gets_n
     alice.expect_success(Duration::from_secs(30));
     bob.expect_success(Duration::from_secs(30));
 }
+
+#[test]
+fn a_reliable_183_is_pracked_through_the_early_dialog_and_carries_early_media() {
+    let n = net("prack");
+    let sg = NetnsSixgate::start(&n.edge, format!("[{EDGE6}]:5060").parse().unwrap(), &config(60));
+    let echo = Echo::start(n.carrier.udp_socket(format!("{CARRIER}:20000").parse().unwrap()), true);
+    let mic = n.phone.udp_socket(format!("[{PHONE}]:40000").parse().unwrap());
+    let carrier = sipp(Some(&n.carrier.0), "media_carrier_prack.xml", CARRIER, 5060, &[], None);
+    let phone = sipp(
+        Some(&n.phone.0),
+        "media_phone_prack.xml",
+        PHONE,
+        5062,
+        &["-s", "+442071234567", "-auth_uri", &format!("+442071234567@[{EDGE6}]:5060")],
+        Some(&format!("[{EDGE6}]:5060")),
+    );
+    let early = await_received(&phone, "SIP/2.0 183", 1);
+    assert!(early.contains("RSeq: 1"), "{early}");
+    let relay6 = media_target(&early);
+    assert_eq!(relay6.ip(), EDGE6.parse::<IpAddr>().unwrap(), "{early}");
+    // The PRACK's 200 came back through sixgate (before, a PRACK got 481).
+    let prack_ok = await_received(&phone, "SIP/2.0 200", 1);
+    assert!(prack_ok.contains("PRACK"), "the first 200 answers the PRACK: {prack_ok}\n{}", sg.log());
+    let back = talk(&mic, relay6, 1, 20);
+    assert!(back.len() >= 15, "early media both ways in the early dialog: {} of 20", back.len());
+    phone.expect_success(Duration::from_secs(30));
+    carrier.expect_success(Duration::from_secs(30));
+    assert!(echo.received().iter().all(|s| s.ip() == EDGE4.parse::<IpAddr>().unwrap()));
+}
