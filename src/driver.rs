@@ -181,7 +181,7 @@ pub fn start_store(store: Box<dyn BindingStore>, counters: Arc<StoreCounters>) -
 const BATCH: usize = 64;
 
 /// Runs the engine until the message channel closes.
-pub async fn run(mut engine: Engine, mut messages: mpsc::Receiver<Delivery>, io: Io, started: Started) {
+pub async fn run(mut engine: Engine, mut messages: mpsc::Receiver<Delivery>, io: Io, started: Started, mut ctl: mpsc::Receiver<crate::ctl::Ask>) {
     let (fb_tx, mut feedback) = started.feedback;
     engine.start(Instant::now().into_std());
     let mut last_export = Instant::now();
@@ -196,7 +196,10 @@ pub async fn run(mut engine: Engine, mut messages: mpsc::Receiver<Delivery>, io:
             }
             last_export = Instant::now();
         }
-        let deadline = engine.poll_timeout().map(Instant::from_std);
+        // Wake at least once a second, so the exported counters (metrics, `ctl stats`) stay
+        // fresh while nothing happens (a call on hold sends no signaling for minutes).
+        let export_due = last_export + Duration::from_secs(1);
+        let deadline = Some(engine.poll_timeout().map_or(export_due, |d| Instant::from_std(d).min(export_due)));
         let sleep = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
@@ -226,6 +229,11 @@ pub async fn run(mut engine: Engine, mut messages: mpsc::Receiver<Delivery>, io:
                     Feedback::Stored(id, ok) => engine.handle(now, Input::Stored { id, ok }),
                     Feedback::MediaTimeout(session, leg) => engine.handle(now, Input::MediaTimeout { session, leg }),
                 }
+            }
+            // `sixgate ctl`: a snapshot of the tables, taken between two inputs.
+            Some(ask) = ctl.recv() => {
+                let reply = crate::ctl::snapshot(&engine, Instant::now().into_std(), &ask.request);
+                let _ = ask.reply.send(reply);
             }
             _ = sleep => engine.handle_timeout(Instant::now().into_std()),
         }

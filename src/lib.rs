@@ -15,6 +15,7 @@ pub mod media;
 pub mod message;
 pub mod registrar;
 pub mod core;
+pub mod ctl;
 pub mod metrics;
 pub mod routing;
 pub mod transaction;

@@ -1,4 +1,4 @@
-//! The `sixgate` command: `run [-c FILE]`, `check-config FILE`, `version`.
+//! The `sixgate` command: `run [-c FILE]`, `check-config FILE`, `ctl ...`, `version`.
 
 use sixgate::config::Config;
 use std::path::PathBuf;
@@ -8,6 +8,10 @@ const USAGE: &str = "\
 usage: sixgate run [-c FILE]        serve (embedded loopback defaults without -c)
        sixgate check-config FILE    validate a config file; exit 1 listing every problem
        sixgate print-defaults       print the embedded default config
+       sixgate ctl [--json] [--socket PATH | -c FILE] registrations [USER] | calls | stats
+                                    ask the running daemon (its control socket: --socket, else
+                                    $RUNTIME_DIRECTORY/ctl.sock, else /run/sixgate/ctl.sock, else
+                                    the state directory of -c FILE or of the defaults)
        sixgate version";
 
 fn main() -> ExitCode {
@@ -25,6 +29,7 @@ fn main() -> ExitCode {
             [f] => check_config(PathBuf::from(f)),
             _ => usage(),
         },
+        Some("ctl") => ctl(&args[1..]),
         Some("print-defaults") => {
             print!("{}", sixgate::config::EMBEDDED_DEFAULTS);
             ExitCode::SUCCESS
@@ -34,6 +39,57 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         _ => usage(),
+    }
+}
+
+fn ctl(args: &[String]) -> ExitCode {
+    use sixgate::ctl::{self, Reply, Request};
+    let (mut json, mut socket, mut config, mut rest) = (false, None, None, Vec::new());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--json" => json = true,
+            "--socket" => socket = it.next().map(PathBuf::from),
+            "-c" | "--config" => config = it.next().map(PathBuf::from),
+            _ => rest.push(a.as_str()),
+        }
+    }
+    let request = match rest.as_slice() {
+        ["registrations"] => Request::Registrations { user: None },
+        ["registrations", user] => Request::Registrations { user: Some(user.to_string()) },
+        ["calls"] => Request::Calls,
+        ["stats"] => Request::Stats,
+        _ => return usage(),
+    };
+    let socket = match (socket, config) {
+        (Some(s), _) => s,
+        (None, Some(f)) => match Config::from_file(&f) {
+            Ok(c) => ctl::socket_path(&c.state_dir),
+            Err(errs) => {
+                eprintln!("{}: invalid configuration ({} problems; see sixgate check-config)", f.display(), errs.0.len());
+                return ExitCode::from(1);
+            }
+        },
+        (None, None) if std::env::var_os("RUNTIME_DIRECTORY").is_none() && std::path::Path::new("/run/sixgate/ctl.sock").exists() => PathBuf::from("/run/sixgate/ctl.sock"),
+        (None, None) => ctl::socket_path(&Config::embedded().state_dir),
+    };
+    match ctl::query(&socket, &request) {
+        Ok(Reply::Error { error }) => {
+            eprintln!("sixgate ctl: {error}");
+            ExitCode::from(1)
+        }
+        Ok(reply) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reply).unwrap_or_default());
+            } else {
+                print!("{}", ctl::render(&reply));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sixgate ctl: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

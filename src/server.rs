@@ -26,6 +26,8 @@ pub enum StartError {
     Metrics { addr: SocketAddr, source: std::io::Error },
     #[error("media: cannot start the RTP relay: {0}")]
     Relay(#[from] sixgate_relay::Error),
+    #[error("control socket {path}: {source}")]
+    Ctl { path: String, source: std::io::Error },
 }
 
 /// A running sixgate: its listeners are bound; dropping the handle stops nothing, `shutdown` does.
@@ -41,6 +43,8 @@ pub struct Server {
     relay_events: Arc<RelayEventCounters>,
     /// Where `GET /metrics` is served (`[metrics] listen`), if anywhere.
     pub metrics_addr: Option<SocketAddr>,
+    /// The control socket (`sixgate ctl`).
+    pub ctl_path: std::path::PathBuf,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -134,8 +138,13 @@ impl Server {
             store: store_queue,
             relay: relay.clone(),
         };
-        tasks.push(tokio::spawn(crate::driver::run(engine, messages, io, started)));
-        let mut server = Server { core, tcp_table, bound, engine_stats, store_counters, relay, relay_events, tasks, metrics_addr: None };
+        let (ctl_tx, ctl_rx) = tokio::sync::mpsc::channel(16);
+        tasks.push(tokio::spawn(crate::driver::run(engine, messages, io, started, ctl_rx)));
+        let ctl_path = crate::ctl::socket_path(&cfg.state_dir);
+        let ctl_listener = bind_ctl(&ctl_path)?;
+        let mut server = Server { core, tcp_table, bound, engine_stats, store_counters, relay, relay_events, tasks, metrics_addr: None, ctl_path };
+        let source = server.metrics_source();
+        server.tasks.push(tokio::spawn(crate::ctl::serve(ctl_listener, ctl_tx, server.relay.clone(), move || source.render())));
         if let Some(addr) = cfg.metrics_listen {
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Metrics { addr, source })?;
             let bound = listener.local_addr().map_err(|source| StartError::Metrics { addr, source })?;
@@ -166,7 +175,25 @@ impl Server {
         for t in self.tasks {
             t.abort();
         }
+        let _ = std::fs::remove_file(&self.ctl_path);
     }
+}
+
+/// Binds the control socket, mode 0660 (root and the service's group). A socket file left by a
+/// process that died is replaced; one that answers means another sixgate runs: refused.
+fn bind_ctl(path: &std::path::Path) -> Result<tokio::net::UnixListener, StartError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| StartError::Ctl { path: path.display().to_string(), source };
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "another sixgate is running (its control socket answers)")));
+        }
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+    tracing::info!(path = %path.display(), "control socket (sixgate ctl)");
+    Ok(listener)
 }
 
 /// Everything the counters are read from (cheap to clone: shared handles).

@@ -246,7 +246,7 @@ impl Engine {
     }
 
     /// Unix seconds at `now` (the wall clock given at start plus the monotonic time since).
-    pub(super) fn unix_now(&self, now: Instant) -> u64 {
+    pub fn unix_now(&self, now: Instant) -> u64 {
         self.unix_at_epoch + self.now_secs(now)
     }
 
