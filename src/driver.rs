@@ -193,6 +193,11 @@ pub async fn run(mut engine: Engine, mut messages: mpsc::Receiver<Delivery>, io:
                 *s = engine.stats.clone();
                 let (bindings, flows) = engine.registrar().sizes();
                 (s.bindings, s.flows) = (bindings as u64, flows as u64);
+                s.active_calls.clear();
+                let family = |l: &crate::engine::dialog::Leg| if l.remote.is_ipv6() { "ipv6" } else { "ipv4" };
+                for d in engine.dialogs().filter(|d| !d.early) {
+                    *s.active_calls.entry((family(&d.caller), family(&d.callee))).or_insert(0) += 1;
+                }
             }
             last_export = Instant::now();
         }

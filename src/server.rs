@@ -226,6 +226,11 @@ impl MetricsSource {
             for (kind, n) in [("first_packet", &e.first_packet), ("latched", &e.latched), ("relatched", &e.relatched), ("media_timeout", &e.media_timeout), ("closed", &e.closed)] {
                 out.push_str(&format!("sixgate_relay_events_total{{kind=\"{kind}\"}} {}\n", n.load(Relaxed)));
             }
+            out.push_str(&format!("sixgate_relay_forwarded_packets_total {}\n", e.forwarded_packets.load(Relaxed)));
+            out.push_str(&format!("sixgate_relay_forwarded_bytes_total {}\n", e.forwarded_bytes.load(Relaxed)));
+            for (reason, n) in ["strict_source", "no_destination", "truncated", "send_failed"].iter().zip(&e.dropped) {
+                out.push_str(&format!("sixgate_relay_dropped_packets_total{{reason=\"{reason}\"}} {}\n", n.load(Relaxed)));
+            }
         }
         with_types(&out)
     }
@@ -316,6 +321,11 @@ struct RelayEventCounters {
     relatched: std::sync::atomic::AtomicU64,
     media_timeout: std::sync::atomic::AtomicU64,
     closed: std::sync::atomic::AtomicU64,
+    /// Datagrams (RTP and RTCP) and bytes the relay forwarded, and dropped by reason, added up
+    /// when each session closes (the final statistics come with its Closed event).
+    forwarded_packets: std::sync::atomic::AtomicU64,
+    forwarded_bytes: std::sync::atomic::AtomicU64,
+    dropped: [std::sync::atomic::AtomicU64; 4],
 }
 
 /// Drains the relay's event stream on its own thread (the stream is not `Sync`, so it cannot
@@ -350,6 +360,13 @@ fn drain_relay_events(events: sixgate_relay::EventStream, counters: Arc<RelayEve
                 counters.media_timeout.fetch_add(1, Relaxed)
             }
             Event::Closed { session, stats } => {
+                for l in &stats.legs {
+                    counters.forwarded_packets.fetch_add(l.tx_rtp.packets + l.tx_rtcp.packets, Relaxed);
+                    counters.forwarded_bytes.fetch_add(l.tx_rtp.bytes + l.tx_rtcp.bytes, Relaxed);
+                    for (slot, n) in counters.dropped.iter().zip([l.drops.strict_source, l.drops.no_destination, l.drops.truncated, l.drops.send_failed]) {
+                        slot.fetch_add(n, Relaxed);
+                    }
+                }
                 let [a, b] = stats.legs;
                 tracing::info!(
                     session = session.0,

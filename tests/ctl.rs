@@ -122,6 +122,8 @@ fn ctl_shows_registrations_calls_and_stats_of_a_running_daemon() {
     }
     assert_eq!(value(&stats, "sixgate_engine_registrations_total"), Some(1.0), "{stats}");
     assert_eq!(value(&stats, "sixgate_relay_sessions"), Some(1.0), "{stats}");
+    assert_eq!(value(&stats, "sixgate_engine_active_calls{caller=\"ipv4\",callee=\"ipv6\"}"), Some(1.0), "{stats}");
+    assert!(value(&stats, "sixgate_relay_dropped_packets_total{reason=\"strict_source\"}").is_some(), "{stats}");
 
     carrier.expect_success(Duration::from_secs(30));
     bob.expect_success(Duration::from_secs(30));

@@ -141,9 +141,11 @@ pub struct Stats {
     pub media_failures: u64,
     /// Relayed calls whose media stopped on one side.
     pub media_timeouts: u64,
-    /// Gauges the driver fills in: bindings and flows held by the registrar.
+    /// Gauges the driver fills in: bindings and flows held by the registrar, and answered calls
+    /// by the families of their legs (caller, callee).
     pub bindings: u64,
     pub flows: u64,
+    pub active_calls: BTreeMap<(&'static str, &'static str), u64>,
     /// Responses we generated, by status code.
     pub generated: BTreeMap<u16, u64>,
 }
@@ -188,6 +190,9 @@ impl Stats {
             out.push_str(&format!("sixgate_engine_{name}_total {v}\n"));
         }
         out.push_str(&format!("sixgate_registrar_bindings {}\nsixgate_registrar_flows {}\n", self.bindings, self.flows));
+        for ((caller, callee), n) in &self.active_calls {
+            out.push_str(&format!("sixgate_engine_active_calls{{caller=\"{caller}\",callee=\"{callee}\"}} {n}\n"));
+        }
         for (code, v) in &self.generated {
             out.push_str(&format!("sixgate_engine_responses_generated_total{{code=\"{code}\"}} {v}\n"));
         }
