@@ -101,10 +101,11 @@ fn attr_name(value: &str) -> &str {
     value.split(':').next().unwrap_or("")
 }
 
-/// An ICE attribute: the known ones, and any other `ice-*` (future extensions point around
-/// the relay just as well).
+/// An ICE attribute: the known ones, any other `ice-*` (future extensions point around the
+/// relay just as well), and anything named `candidate...` (a lenient ICE stack might read
+/// `a=candidate#:` as a candidate; nothing legitimate is lost by dropping it).
 fn is_ice(name: &str) -> bool {
-    ICE_ATTRIBUTES.contains(&name) || name.starts_with("ice-")
+    ICE_ATTRIBUTES.contains(&name) || name.starts_with("ice-") || name.starts_with("candidate")
 }
 
 /// `IN IP4 addr[/ttl[/n]]` or `IN IP6 addr[/n]`.
@@ -372,6 +373,13 @@ mod tests {
         let again = Sdp::parse(out.as_bytes()).unwrap();
         assert_eq!(again.media.iter().map(|m| m.port).collect::<Vec<_>>(), [30000, 30002, 0]);
         assert!(again.media.iter().all(|m| !m.ice));
+    }
+
+    #[test]
+    fn anything_named_like_a_candidate_goes_with_ice() {
+        let odd = "v=0\r\no=- 1 2 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=candidate#:1 1 udp 1 192.0.2.1 4000 typ host\r\n";
+        let out = Sdp::parse(odd.as_bytes()).unwrap().rewrite("2001:db8::5".parse().unwrap(), &[40000], 3, true);
+        assert!(!out.contains("candidate") && !out.contains("192.0.2.1"), "{out}");
     }
 
     #[test]
