@@ -61,6 +61,19 @@ cpu_delta() {
 
 now() { date +%s.%N; }
 
+# CPU per unit of sixgate over Kamailio at one step: cpu_ratio SIXGATE_KEY KAMAILIO_KEY reads
+# R[key:proxy_s], R[key:att] and R[key:failpct] of the script's results array R; prints the ratio,
+# or "n/a (more than 1% failed)" when either side failed more than 1 %.
+cpu_ratio() {
+    local g=$1 k=$2
+    if awk -v a="${R[$k:failpct]}" -v b="${R[$g:failpct]}" 'BEGIN { exit !(a == "-" || b == "-" || a > 1 || b > 1) }'; then
+        echo "n/a (more than 1% failed)"
+    else
+        awk -v a="${R[$g:proxy_s]}" -v na="${R[$g:att]}" -v b="${R[$k:proxy_s]}" -v nb="${R[$k:att]}" \
+            'BEGIN { if (na > 0 && nb > 0 && b > 0) printf "%.2f", (a / na) / (b / nb); else print "-" }'
+    fi
+}
+
 reap_all() {  # TERM every process in PIDS, KILL what is left after 2 s, reap them all
     local p
     for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done

@@ -431,12 +431,7 @@ echo
     done
     k=kamailio:$rate; s=sixgate:$rate
     if [ -n "${R[$k:proxy_us]:-}" ] && [ -n "${R[$s:proxy_us]:-}" ]; then
-        if awk -v a="${R[$k:failpct]}" -v b="${R[$s:failpct]}" 'BEGIN { exit !(a == "-" || b == "-" || a > 1 || b > 1) }'; then
-            line="$line  sixgate/kamailio: n/a (more than 1% of calls failed)"
-        else
-        line="$line  sixgate/kamailio proxy CPU per call = $(awk -v a="${R[$s:proxy_s]}" -v na="${R[$s:att]}" \
-            -v b="${R[$k:proxy_s]}" -v nb="${R[$k:att]}" 'BEGIN { if (na > 0 && nb > 0 && b > 0) printf "%.2f", (a / na) / (b / nb); else print "-" }')"
-        fi
+        line="$line  sixgate/kamailio proxy CPU per call = $(cpu_ratio "$s" "$k")"
     fi
     echo "$line"
 done

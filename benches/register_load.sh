@@ -644,12 +644,7 @@ echo
     done
     k=kamailio:$s; g=sixgate:$s
     if [ -n "${R[$k:proxy_us]:-}" ] && [ -n "${R[$g:proxy_us]:-}" ]; then
-        if awk -v a="${R[$k:failpct]}" -v b="${R[$g:failpct]}" 'BEGIN { exit !(a == "-" || b == "-" || a > 1 || b > 1) }'; then
-            line="$line  sixgate/kamailio: n/a (more than 1% failed)"
-        else
-            line="$line  sixgate/kamailio CPU per registration = $(awk -v a="${R[$g:proxy_s]}" -v na="${R[$g:att]}" \
-                -v b="${R[$k:proxy_s]}" -v nb="${R[$k:att]}" 'BEGIN { if (na > 0 && nb > 0 && b > 0) printf "%.2f", (a / na) / (b / nb); else print "-" }')"
-        fi
+        line="$line  sixgate/kamailio CPU per registration = $(cpu_ratio "$g" "$k")"
     fi
     echo "$line"
 done

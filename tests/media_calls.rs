@@ -161,6 +161,13 @@ fn talk(sock: &UdpSocket, to: SocketAddr, first_seq: u16, n: u16) -> Vec<SocketA
     back
 }
 
+/// Phone alice (sipp in `ns`, on `ip`:5062) runs `scenario`, calling `number` through sixgate at
+/// `edge`:5060 with digest (strict uri: sipp sends the Request-URI as the digest uri).
+fn alice_calls(ns: &Namespace, scenario: &str, ip: &str, edge: IpAddr, number: &str) -> Sipp {
+    let target = SocketAddr::new(edge, 5060).to_string();
+    sipp(Some(&ns.0), scenario, ip, 5062, &["-s", number, "-auth_uri", &format!("{number}@{target}")], Some(&target))
+}
+
 /// The messages sipp logged as received (`-trace_msg`), oldest first.
 fn received(s: &Sipp) -> Vec<String> {
     let mut out = Vec::new();
@@ -212,7 +219,7 @@ fn an_ipv6_phone_calls_an_ipv4_carrier_early_media_hold_and_resume_with_audio_bo
     let echo = Echo::start(n.carrier.udp_socket(format!("{CARRIER}:20000").parse().unwrap()), true);
     let mic = n.phone.udp_socket(format!("[{PHONE}]:40000").parse().unwrap());
     let carrier = sipp(Some(&n.carrier.0), "media_carrier_hold.xml", CARRIER, 5060, &[], None);
-    let phone = sipp(Some(&n.phone.0), "media_phone_hold.xml", PHONE, 5062, &["-s", "+442071234567", "-auth_uri", &format!("+442071234567@[{EDGE6}]:5060")], Some(&format!("[{EDGE6}]:5060")));
+    let phone = alice_calls(&n.phone, "media_phone_hold.xml", PHONE, EDGE6.parse().unwrap(), "+442071234567");
 
     // Early media: the 183 points the phone at the relay's IPv6 side; audio crosses both ways
     // before the 200 (the carrier holds it back for 2 s).
@@ -291,7 +298,7 @@ fn a_call_whose_far_end_stops_sending_is_ended_by_the_media_timeout() {
     let silent = Echo::start(n.carrier.udp_socket(format!("{CARRIER}:20000").parse().unwrap()), false);
     let mic = n.phone.udp_socket(format!("[{PHONE}]:40000").parse().unwrap());
     let carrier = sipp(Some(&n.carrier.0), "media_carrier_wait_bye.xml", CARRIER, 5060, &[], None);
-    let phone = sipp(Some(&n.phone.0), "media_phone_wait_bye.xml", PHONE, 5062, &["-s", "+442071234567", "-auth_uri", &format!("+442071234567@[{EDGE6}]:5060")], Some(&format!("[{EDGE6}]:5060")));
+    let phone = alice_calls(&n.phone, "media_phone_wait_bye.xml", PHONE, EDGE6.parse().unwrap(), "+442071234567");
     let ok = await_received(&phone, "SIP/2.0 200", 1);
     let relay6 = media_target(&ok);
     // Talk until the BYE comes (at most 15 s: the timeout is 3 s).
@@ -363,14 +370,7 @@ fn a_phone_behind_nat_calls_an_ipv6_phone_through_latching_and_a_stranger_gets_n
     let stranger = n.stranger.udp_socket(format!("{STRANGER}:40000").parse().unwrap());
     let bob = sipp(Some(&n.phone6.0), "media_phone_answers.xml", PHONE, 5070, &[], None);
     std::thread::sleep(Duration::from_millis(300));
-    let alice = sipp(
-        Some(&n.phone4.0),
-        "media_phone_call.xml",
-        LAN_PHONE,
-        5062,
-        &["-s", "+15550200", "-auth_uri", &format!("+15550200@{EDGE4_NAT}:5060")],
-        Some(&format!("{EDGE4_NAT}:5060")),
-    );
+    let alice = alice_calls(&n.phone4, "media_phone_call.xml", LAN_PHONE, EDGE4_NAT.parse().unwrap(), "+15550200");
     let ok = await_received(&alice, "SIP/2.0 200", 1);
     let relay4 = media_target(&ok);
     assert_eq!(relay4.ip(), EDGE4_NAT.parse::<IpAddr>().unwrap(), "{ok}");
@@ -400,14 +400,7 @@ fn a_reliable_183_is_pracked_through_the_early_dialog_and_carries_early_media() 
     let echo = Echo::start(n.carrier.udp_socket(format!("{CARRIER}:20000").parse().unwrap()), true);
     let mic = n.phone.udp_socket(format!("[{PHONE}]:40000").parse().unwrap());
     let carrier = sipp(Some(&n.carrier.0), "media_carrier_prack.xml", CARRIER, 5060, &[], None);
-    let phone = sipp(
-        Some(&n.phone.0),
-        "media_phone_prack.xml",
-        PHONE,
-        5062,
-        &["-s", "+442071234567", "-auth_uri", &format!("+442071234567@[{EDGE6}]:5060")],
-        Some(&format!("[{EDGE6}]:5060")),
-    );
+    let phone = alice_calls(&n.phone, "media_phone_prack.xml", PHONE, EDGE6.parse().unwrap(), "+442071234567");
     let early = await_received(&phone, "SIP/2.0 183", 1);
     assert!(early.contains("RSeq: 1"), "{early}");
     let relay6 = media_target(&early);

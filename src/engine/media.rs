@@ -70,6 +70,21 @@ pub(super) struct BranchMedia {
     pub parties: [Party; 2],
     pub created: Vec<SessionId>,
     pub pending: Vec<PeerUpdate>,
+    /// The request's SDP offer as parsed when the branch was planned, until it is rewritten
+    /// (parsed once per branch).
+    pub offer: Option<Sdp>,
+}
+
+impl BranchMedia {
+    /// The body the branch's request leaves with, toward the side that receives it. Sessions
+    /// made for this offer already hold the offerer's peers; those of reused streams wait for
+    /// the answer.
+    pub fn offer_body(&mut self, from: Side) -> Option<String> {
+        let sdp = self.offer.take()?;
+        let (updates, text) = offer::translate(&sdp, from, &mut self.call);
+        self.pending = updates.into_iter().filter(|u| !self.created.contains(&u.session)).collect();
+        Some(text)
+    }
 }
 
 /// A branch waiting for its sessions.
@@ -92,10 +107,6 @@ pub(super) enum BranchPlan {
     Refuse(u16, &'static str),
 }
 
-fn family_of(a: std::net::SocketAddr) -> Family {
-    Family::of(&a)
-}
-
 fn view(p: &Party) -> LegView {
     LegView { ipv6: p.family == Family::V6, nat: p.nat }
 }
@@ -116,7 +127,7 @@ impl Engine {
         let flow = Flow { transport: from.transport, local: from.local, remote: from.remote };
         let registered = self.registrar.flow(&flow).is_some_and(|f| f.nat);
         let seen = nat::request_nat(req, from.remote, from.transport == TransportKind::Tcp).is_some();
-        Party { family: family_of(from.remote), nat: ctx.carrier_origin.is_none() && (registered || seen), signal_ip: from.remote.ip() }
+        Party { family: Family::of(&from.remote), nat: ctx.carrier_origin.is_none() && (registered || seen), signal_ip: from.remote.ip() }
     }
 
     /// Decides the media of a branch about to be sent: direct, ready (an in-dialog offer the
@@ -134,7 +145,7 @@ impl Engine {
             },
             None if ctx.method == Method::Invite => {
                 let caller = self.caller_party(ctx, req);
-                let callee = Party { family: family_of(hop.dest), nat: c.nat, signal_ip: hop.dest.ip() };
+                let callee = Party { family: Family::of(&hop.dest), nat: c.nat, signal_ip: hop.dest.ip() };
                 if !needs_relay(self.media.mode, view(&caller), view(&callee)) {
                     return BranchPlan::Direct;
                 }
@@ -143,9 +154,8 @@ impl Engine {
             None => return BranchPlan::Direct,
         };
         let from = ctx.side;
-        let idx = |s: Side| if s == Side::Caller { 0 } else { 1 };
-        let (sender, receiver) = (parties[idx(from)], parties[idx(from.other())]);
-        let base = BranchMedia { call: current, parties, created: Vec::new(), pending: Vec::new() };
+        let (sender, receiver) = (parties[from.index()], parties[from.other().index()]);
+        let mut base = BranchMedia { call: current, parties, created: Vec::new(), pending: Vec::new(), offer: None };
         let body = req.body_bytes();
         let needed: Vec<(usize, SessionSpec)> = if body.is_empty() {
             if !base.call.streams.is_empty() || ctx.method != Method::Invite {
@@ -168,7 +178,9 @@ impl Engine {
                 return BranchPlan::Refuse(488, "Not Acceptable Here (too many media streams)");
             }
             let receiver_family = |i: usize| base.call.streams.get(i).copied().flatten().map_or(receiver.family, |s| s.family(from.other()));
-            offer::sessions_needed(&sdp, from, &base.call, &sender, &receiver, receiver_family)
+            let needed = offer::sessions_needed(&sdp, from, &base.call, &sender, &receiver, receiver_family);
+            base.offer = Some(sdp);
+            needed
         };
         for (_, spec) in &needed {
             for leg in &spec.legs {
@@ -244,20 +256,6 @@ impl Engine {
 
     pub(super) fn media_op(&mut self, op: MediaOp) {
         self.out.push_back(Output::Media { id: 0, op });
-    }
-
-    /// The body a request of a relayed branch leaves with, toward the side that receives it.
-    /// Peer updates for sessions made for this offer already hold the peers; those of reused
-    /// streams wait for the answer.
-    pub(super) fn offer_body(&mut self, req: &Message, from: Side, media: &mut BranchMedia) -> Option<String> {
-        let body = req.body_bytes();
-        if body.is_empty() {
-            return None;
-        }
-        let sdp = Sdp::parse(&body).ok()?; // parsed before: plan_branch_media refused it otherwise
-        let (updates, text) = offer::translate(&sdp, from, &mut media.call);
-        media.pending = updates.into_iter().filter(|u| !media.created.contains(&u.session)).collect();
-        Some(text)
     }
 
     /// An SDP in a response (an answer, or a late offer in a 2xx) on a relayed branch: the

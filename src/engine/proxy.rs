@@ -812,20 +812,11 @@ impl Engine {
     /// Builds the branch request and starts its client transaction. `auth` is a credentials line
     /// for a carrier's challenge (then the CSeq goes up by one).
     pub(super) fn send_branch_with(&mut self, now: Instant, ctx_id: u64, c: Candidate, hop: Hop, auth: Option<(String, u32)>, mut media: Option<super::media::BranchMedia>) {
-        let Some((side, request)) = self.contexts.get(&ctx_id).and_then(|c| Some((c.side, c.request.as_ref()?))) else {
+        let Some((ctx, request)) = self.contexts.get(&ctx_id).and_then(|c| Some((c, c.request.as_ref()?))) else {
             self.release_branch_media(media);
             return;
         };
-        // Only a relayed branch pays for a copy of the request (its SDP is rewritten).
-        let body = match media.as_mut() {
-            Some(m) => {
-                let request = request.clone();
-                self.offer_body(&request, side, m)
-            }
-            None => None,
-        };
-        let Some(ctx) = self.contexts.get(&ctx_id) else { return };
-        let Some(request) = &ctx.request else { return };
+        let body = media.as_mut().and_then(|m| m.offer_body(ctx.side));
         let inbound_hop = Hop { transport: ctx.from.transport, local: ctx.from.local, dest: ctx.from.remote };
         let loop_tag = loop_hash(request);
         let branch = format!("{BRANCH_PREFIX}{loop_tag:016x}-{:x}", self.rng.next_u64());

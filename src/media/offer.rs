@@ -31,7 +31,8 @@ impl Side {
             Side::Callee => LegId::B,
         }
     }
-    fn index(self) -> usize {
+    /// Caller 0, callee 1: the leg index and the index into per-side pairs.
+    pub fn index(self) -> usize {
         match self {
             Side::Caller => 0,
             Side::Callee => 1,
