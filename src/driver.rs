@@ -28,6 +28,8 @@ enum Feedback {
     SendFailed(u64),
     Stored(u64, bool),
     MediaTimeout(sixgate_relay::SessionId, sixgate_relay::LegId),
+    MediaStats(Vec<(sixgate_relay::SessionId, sixgate_relay::SessionStats)>),
+    MediaClosed(sixgate_relay::SessionId, Box<sixgate_relay::SessionStats>),
 }
 
 /// Where the relay's event thread hands the events the engine acts on.
@@ -37,6 +39,11 @@ pub struct MediaSink(mpsc::UnboundedSender<Feedback>);
 impl MediaSink {
     pub fn media_timeout(&self, session: sixgate_relay::SessionId, leg: sixgate_relay::LegId) {
         let _ = self.0.send(Feedback::MediaTimeout(session, leg));
+    }
+
+    /// A session's final statistics (for its call record).
+    pub fn closed(&self, session: sixgate_relay::SessionId, stats: sixgate_relay::SessionStats) {
+        let _ = self.0.send(Feedback::MediaClosed(session, Box::new(stats)));
     }
 }
 
@@ -104,6 +111,37 @@ pub struct Io {
     pub store: std::sync::mpsc::Sender<(u64, Vec<Change>)>,
     /// The RTP relay, unless media is never relayed.
     pub relay: Option<Arc<sixgate_relay::Relay>>,
+    /// The call record writer's queue (see [`spawn_records`]), unless records are off.
+    pub records: Option<std::sync::mpsc::Sender<String>>,
+}
+
+/// Appends call records (one JSON line each) to `path` on their own thread: every line queued
+/// when a write starts goes in one `write`, and the file is opened for each batch, so a log
+/// rotation that moves it needs no signal. Failures are logged and counted.
+pub fn spawn_records(path: std::path::PathBuf, counters: Arc<StoreCounters>) -> std::sync::mpsc::Sender<String> {
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let spawned = std::thread::Builder::new().name("sixgate-records".into()).spawn(move || {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        while let Ok(first) = rx.recv() {
+            let mut text = first;
+            text.push('\n');
+            // Bounded by what is queued right now.
+            for line in rx.try_iter().take(10_000) {
+                text.push_str(&line);
+                text.push('\n');
+            }
+            let written = std::fs::OpenOptions::new().create(true).append(true).mode(0o640).open(&path).and_then(|mut f| f.write_all(text.as_bytes()));
+            if let Err(e) = written {
+                tracing::error!(file = %path.display(), error = %e, "cannot write call records");
+                counters.record_failures.fetch_add(text.lines().count() as u64, Ordering::Relaxed);
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the call record thread");
+    }
+    tx
 }
 
 /// Store commits done and binding changes in them (their ratio is the grouping under load).
@@ -112,6 +150,8 @@ pub struct StoreCounters {
     pub commits: std::sync::atomic::AtomicU64,
     pub changes: std::sync::atomic::AtomicU64,
     pub failures: std::sync::atomic::AtomicU64,
+    /// Call record lines that could not be written.
+    pub record_failures: std::sync::atomic::AtomicU64,
 }
 
 /// Runs the binding store on its own thread (its commits block on fsync). Every request waiting
@@ -233,6 +273,8 @@ pub async fn run(mut engine: Engine, mut messages: mpsc::Receiver<Delivery>, io:
                     Feedback::SendFailed(client) => engine.handle(now, Input::SendFailed { client }),
                     Feedback::Stored(id, ok) => engine.handle(now, Input::Stored { id, ok }),
                     Feedback::MediaTimeout(session, leg) => engine.handle(now, Input::MediaTimeout { session, leg }),
+                    Feedback::MediaStats(stats) => engine.handle(now, Input::MediaStats { stats }),
+                    Feedback::MediaClosed(session, stats) => engine.handle(now, Input::MediaClosed { session, stats: *stats }),
                 }
             }
             // `sixgate ctl`: a snapshot of the tables, taken between two inputs.
@@ -265,6 +307,28 @@ fn drain(engine: &mut Engine, io: &Io, fb: &mpsc::UnboundedSender<Feedback>) {
             Output::Store { id, changes } => {
                 if io.store.send((id, changes)).is_err() {
                     let _ = fb.send(Feedback::Stored(id, false));
+                }
+            }
+            Output::Media { op: MediaOp::Stats(sessions), .. } => {
+                // Every session's engine thread is asked first, then the answers collected off
+                // the engine's task: one round trip for all calls.
+                if let Some(relay) = &io.relay {
+                    let tickets: Vec<_> = sessions.into_iter().filter_map(|id| relay.stats(id).ok().map(|t| (id, t))).collect();
+                    let fb = fb.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let stats = tickets.into_iter().filter_map(|(id, t)| t.wait(Duration::from_secs(1)).ok().map(|s| (id, s))).collect();
+                        let _ = fb.send(Feedback::MediaStats(stats));
+                    });
+                }
+            }
+            Output::Event(Event::CallRecord(record)) => {
+                if let Some(records) = &io.records {
+                    match serde_json::to_string(&record) {
+                        Ok(line) => {
+                            let _ = records.send(line);
+                        }
+                        Err(e) => tracing::error!(error = %e, "call record not serialisable"),
+                    }
                 }
             }
             Output::Media { id, op } => {
@@ -312,6 +376,8 @@ fn media(relay: Option<&sixgate_relay::Relay>, op: MediaOp) -> Option<Result<Vec
             }
             None
         }
+        // Answered off the engine's task (see `drain`).
+        MediaOp::Stats(_) => None,
     }
 }
 
@@ -363,6 +429,7 @@ fn log_event(e: &Event) {
             tracing::debug!(%aor, %contact, expires_in, nat = nat.as_deref().unwrap_or("no"), "registered")
         }
         // Logged where they happen (with more context).
-        Event::FlowDead { .. } | Event::Banned { .. } | Event::MediaTimeout { .. } => {}
+        Event::FlowDead { .. } | Event::Banned { .. } | Event::MediaTimeout { .. } | Event::OneWayAudio { .. } => {}
+        Event::CallRecord(_) => {}
     }
 }

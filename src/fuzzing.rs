@@ -56,6 +56,10 @@ impl FakeRelay {
                 assert!(self.live.remove(&s.0), "delete of a session never made or deleted twice: {s:?}");
                 None
             }
+            MediaOp::Stats(ids) => {
+                assert!(ids.iter().all(|s| self.live.contains(&s.0)), "counters asked of a session that is gone: {ids:?}");
+                None
+            }
         }
     }
 }

@@ -137,6 +137,7 @@ impl Server {
             stats: engine_stats.clone(),
             store: store_queue,
             relay: relay.clone(),
+            records: cfg.call_records.clone().map(|path| crate::driver::spawn_records(path, store_counters.clone())),
         };
         let (ctl_tx, ctl_rx) = tokio::sync::mpsc::channel(16);
         tasks.push(tokio::spawn(crate::driver::run(engine, messages, io, started, ctl_rx)));
@@ -219,6 +220,7 @@ impl MetricsSource {
         out.push_str(&format!("sixgate_store_commits_total {}\n", c.commits.load(Relaxed)));
         out.push_str(&format!("sixgate_store_changes_total {}\n", c.changes.load(Relaxed)));
         out.push_str(&format!("sixgate_store_commit_failures_total {}\n", c.failures.load(Relaxed)));
+        out.push_str(&format!("sixgate_call_records_failed_total {}\n", c.record_failures.load(Relaxed)));
         if let Some(r) = &self.relay {
             out.push_str(&format!("sixgate_relay_sessions {}\n", r.session_count()));
             out.push_str(&format!("sixgate_relay_events_dropped_total {}\n", r.events_dropped()));
@@ -360,6 +362,7 @@ fn drain_relay_events(events: sixgate_relay::EventStream, counters: Arc<RelayEve
                 counters.media_timeout.fetch_add(1, Relaxed)
             }
             Event::Closed { session, stats } => {
+                engine.closed(session, stats);
                 for l in &stats.legs {
                     counters.forwarded_packets.fetch_add(l.tx_rtp.packets + l.tx_rtcp.packets, Relaxed);
                     counters.forwarded_bytes.fetch_add(l.tx_rtp.bytes + l.tx_rtcp.bytes, Relaxed);

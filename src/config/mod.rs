@@ -144,6 +144,9 @@ pub struct MediaConfig {
     pub media_timeout_secs: u64,
     /// On a media timeout: BYE both sides (true) or only log it.
     pub end_call_on_timeout: bool,
+    /// Media flowing one way only for this long after answer (or after a resume) raises the
+    /// one-way-audio warning (0: never judged).
+    pub one_way_audio_secs: u64,
     /// SO_RCVBUF / SO_SNDBUF of each relay socket in bytes (None: the kernel's default). A
     /// busy single stream loses packets past ~130k pps with the default input queue.
     pub socket_recv_buffer: Option<usize>,
@@ -358,6 +361,9 @@ pub struct Config {
     /// `$STATE_DIRECTORY` (systemd's StateDirectory), else `./sixgate-state`.
     pub state_dir: std::path::PathBuf,
     pub store: StoreKind,
+    /// `[state] call_records`: the file (in `state_dir` unless absolute) where one JSON line per
+    /// finished call is appended; `None`: no call records.
+    pub call_records: Option<std::path::PathBuf>,
     pub media: MediaConfig,
     /// `[metrics] listen`: where Prometheus scrapes `GET /metrics` (a loopback address; none:
     /// no HTTP listener).
@@ -612,7 +618,7 @@ impl Reader {
         let registrar = self.registrar(root, &limits);
         let state_t = self.section(root, "state");
         if let Some(t) = state_t {
-            self.known_keys(t, "state", &["dir", "store"]);
+            self.known_keys(t, "state", &["dir", "store", "call_records"]);
         }
         let state_dir = match self.string(state_t, "state", "dir") {
             Some(d) if d.is_empty() => {
@@ -635,6 +641,15 @@ impl Reader {
             }
         };
 
+        let call_records = match self.string(state_t, "state", "call_records") {
+            None => Some(state_dir.join("calls.jsonl")),
+            Some(f) if f.is_empty() => None,
+            Some(f) if f.ends_with('/') => {
+                self.issue("state.call_records", "must name a file, not a directory (\"\" turns call records off)", Some(&Value::String(f)));
+                None
+            }
+            Some(f) => Some(state_dir.join(f)),
+        };
         let media = self.media(root, &advertise);
         let metrics_t = self.section(root, "metrics");
         if let Some(t) = metrics_t {
@@ -665,13 +680,13 @@ impl Reader {
             self.issue("log.level", "must be one of error, warn, info, debug, trace", Some(&Value::String(log_level.clone())));
         }
 
-        Config { sip: SipConfig { domains, server_header }, listen, advertise, limits, timers, auth, routing, users, carriers, dns, registrar, state_dir, store, media, metrics_listen, log_level }
+        Config { sip: SipConfig { domains, server_header }, listen, advertise, limits, timers, auth, routing, users, carriers, dns, registrar, state_dir, store, call_records, media, metrics_listen, log_level }
     }
 
     fn media(&mut self, root: &Table, advertise: &Advertise) -> MediaConfig {
         let t = self.section(root, "media");
         if let Some(t) = t {
-            self.known_keys(t, "media", &["relay", "ipv6", "ipv4", "ports_v6", "ports_v4", "engine", "cpus", "media_timeout_secs", "end_call_on_timeout", "socket_recv_buffer", "socket_send_buffer"]);
+            self.known_keys(t, "media", &["relay", "ipv6", "ipv4", "ports_v6", "ports_v4", "engine", "cpus", "media_timeout_secs", "end_call_on_timeout", "one_way_audio_secs", "socket_recv_buffer", "socket_send_buffer"]);
         }
         let relay = match self.string(t, "media", "relay").as_deref() {
             None | Some("auto") => RelayMode::Auto,
@@ -752,6 +767,7 @@ impl Reader {
             cpus,
             media_timeout_secs: self.int(t, "media", "media_timeout_secs", 0..=86_400).unwrap_or(60) as u64,
             end_call_on_timeout,
+            one_way_audio_secs: self.int(t, "media", "one_way_audio_secs", 0..=3600).unwrap_or(5) as u64,
             socket_recv_buffer: self.int(t, "media", "socket_recv_buffer", 4096..=268_435_456).map(|n| n as usize),
             socket_send_buffer: self.int(t, "media", "socket_send_buffer", 4096..=268_435_456).map(|n| n as usize),
         }

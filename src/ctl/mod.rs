@@ -88,6 +88,16 @@ pub struct Call {
     pub duration_secs: u64,
     /// Relayed streams (empty: media goes direct).
     pub streams: Vec<Stream>,
+    /// Media flows one way only right now: the silent side and the likely cause.
+    #[serde(default)]
+    pub one_way_audio: Option<OneWayAudio>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OneWayAudio {
+    /// "caller" or "callee".
+    pub silent: String,
+    pub cause: String,
 }
 
 /// Where the control socket lives: `$RUNTIME_DIRECTORY/ctl.sock` under systemd
@@ -156,9 +166,13 @@ pub fn render(reply: &Reply) -> String {
                             .collect::<Vec<_>>()
                             .join("; ")
                     };
+                    let state = match &c.one_way_audio {
+                        Some(o) => format!("{} ONE-WAY ({} silent)", c.state, o.silent),
+                        None => c.state.clone(),
+                    };
                     vec![
                         c.call_id.clone(),
-                        c.state.clone(),
+                        state,
                         format!("{} {} {}", c.caller.transport, c.caller.family, c.caller.remote),
                         format!("{} {} {}", c.callee.transport, c.callee.family, c.callee.remote),
                         format!("{} s", c.duration_secs),
@@ -167,6 +181,11 @@ pub fn render(reply: &Reply) -> String {
                 })
                 .collect();
             table(&mut out, &["CALL-ID", "STATE", "CALLER", "CALLEE", "DURATION", "MEDIA (relay caller side | callee side)"], &rows);
+            for c in calls {
+                if let Some(o) = &c.one_way_audio {
+                    out.push_str(&format!("\none-way audio on {}: nothing heard from the {}: {}\n", c.call_id, o.silent, o.cause));
+                }
+            }
         }
         Reply::Stats { counters } => {
             for (name, v) in counters {
@@ -328,6 +347,7 @@ pub fn snapshot(engine: &crate::engine::Engine, now: std::time::Instant, request
                             from_callee: None,
                         })
                         .collect(),
+                    one_way_audio: d.watch.one_way.as_ref().map(|o| OneWayAudio { silent: o.silent.to_string(), cause: o.cause.clone() }),
                 })
                 .collect();
             calls.sort_by(|a, b| a.call_id.cmp(&b.call_id));

@@ -61,6 +61,10 @@ pub struct Dialog {
     pub media: Option<super::media::DialogMedia>,
     /// Made by a provisional answer and not yet confirmed by a 2xx (RFC 3261 §12.1).
     pub early: bool,
+    /// An INVITE dialog's times and parties, for its call record (`None`: SUBSCRIBE/REFER).
+    pub call: Option<super::calls::CallInfo>,
+    /// One-way audio watch of a relayed call.
+    pub watch: super::calls::MediaWatch,
 }
 
 /// Enough of both parties to send each a BYE in the other's name.

@@ -29,6 +29,8 @@ pub enum MediaOp {
     Update(PeerUpdate),
     /// The session is no longer used (no answer expected).
     Delete(SessionId),
+    /// The counters of these sessions; answer with [`super::Input::MediaStats`].
+    Stats(Vec<SessionId>),
 }
 
 /// `[media]` as the engine applies it.
@@ -38,11 +40,13 @@ pub(super) struct MediaPolicy {
     pub v6: bool,
     pub v4: bool,
     pub end_call_on_timeout: bool,
+    /// `[media] one_way_audio_secs` (zero: not judged).
+    pub one_way_after: std::time::Duration,
 }
 
 impl MediaPolicy {
     pub fn from(cfg: &crate::config::MediaConfig) -> MediaPolicy {
-        MediaPolicy { mode: cfg.relay, v6: cfg.ipv6.is_some(), v4: cfg.ipv4.is_some(), end_call_on_timeout: cfg.end_call_on_timeout }
+        MediaPolicy { mode: cfg.relay, v6: cfg.ipv6.is_some(), v4: cfg.ipv4.is_some(), end_call_on_timeout: cfg.end_call_on_timeout, one_way_after: std::time::Duration::from_secs(cfg.one_way_audio_secs) }
     }
     fn serves(&self, f: Family) -> bool {
         match f {
@@ -375,7 +379,7 @@ impl Engine {
                 self.start_client(now, parsed, bytes, hop, ClientOwner::Ours, false);
             }
         }
-        self.remove_dialog(did, "media timeout");
+        self.end_call(now, did, "media timeout");
     }
 }
 

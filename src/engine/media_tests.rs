@@ -300,3 +300,114 @@ fn a_ringing_call_is_not_judged_by_the_media_timeout() {
     assert_eq!(sim.eng.dialogs().count(), 1, "the early dialog stays");
     assert_eq!(sim.relay.live.len(), 1);
 }
+
+/// Relay counters with `caller` and `callee` RTP packets received from each side.
+fn counters(caller: u64, callee: u64) -> sixgate_relay::SessionStats {
+    let mut legs = [sixgate_relay::LegStats::default(); 2];
+    legs[0].rx_rtp.packets = caller;
+    legs[1].rx_rtp.packets = callee;
+    sixgate_relay::SessionStats { legs }
+}
+
+/// Moves one second at a time for `secs` seconds; at each poll the engine asks for, the relay
+/// answers with `rx(second)`. Returns the one-way warnings told.
+fn poll(sim: &mut Sim, secs: u64, rx: impl Fn(u64) -> (u64, u64)) -> Vec<(String, &'static str, String)> {
+    let start = sim.now;
+    let mut found = Vec::new();
+    for s in 1..=secs {
+        sim.now = start + Duration::from_secs(s);
+        sim.eng.handle_timeout(sim.now);
+        let asked = sim.media_ops.len();
+        sim.drain();
+        let sessions: Vec<_> = sim.media_ops[asked..].iter().filter_map(|op| if let MediaOp::Stats(ids) = op { Some(ids.clone()) } else { None }).flatten().collect();
+        let (a, b) = rx(s);
+        let stats = sessions.into_iter().map(|id| (id, counters(a, b))).collect();
+        sim.eng.handle(sim.now, Input::MediaStats { stats });
+        sim.drain();
+        found.extend(sim.events.drain(..).filter_map(|e| if let Event::OneWayAudio { call_id, silent, cause } = e { Some((call_id, silent, cause)) } else { None }));
+    }
+    found
+}
+
+#[test]
+fn one_way_audio_is_told_once_per_call_names_the_silent_side_and_clears_when_media_returns() {
+    let mut sim = relayed();
+    answered(&mut sim);
+    sim.events.clear();
+    // The phone sends from the answer on; the carrier never does (media timeout 5 s is the
+    // relay's business: this fake relay raises none).
+    let found = poll(&mut sim, 4, |s| (s * 50, 0));
+    assert!(found.is_empty(), "not before one_way_audio_secs (5 s): {found:?}");
+    let found = poll(&mut sim, 3, |s| ((s + 4) * 50, 0));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!((found[0].0.as_str(), found[0].1), ("m-1", "callee"));
+    assert!(found[0].2.contains("no packet ever arrived from the callee"), "{}", found[0].2);
+    assert_eq!(sim.eng.stats.one_way_audio_calls, 1);
+    assert!(sim.eng.dialogs().next().unwrap().watch.one_way.is_some(), "the ctl marker");
+    // The carrier starts sending: the marker goes, the count stays.
+    poll(&mut sim, 3, |s| ((s + 7) * 50, s * 50));
+    assert!(sim.eng.dialogs().next().unwrap().watch.one_way.is_none());
+    assert_eq!(sim.eng.stats.one_way_audio_calls, 1);
+    // BYE: the record waits for the relay's final figures.
+    let session = sixgate_relay::SessionId(*sim.relay.live.iter().next().unwrap());
+    let out = sim.send(PHONE, &from_phone("BYE", 3, "bye1", ""));
+    let bye = out.iter().find(|t| t.dest.to_string() == PRIMARY).unwrap().clone();
+    sim.send(PRIMARY, &respond(&bye, 200, "OK", None, ""));
+    assert!(!sim.events.iter().any(|e| matches!(e, Event::CallRecord(_))), "waiting for the final statistics");
+    sim.eng.handle(sim.now, Input::MediaClosed { session, stats: counters(520, 160) });
+    sim.drain();
+    let Some(Event::CallRecord(r)) = sim.events.iter().find(|e| matches!(e, Event::CallRecord(_))) else { panic!("{:?}", sim.events) };
+    assert_eq!((r.call_id.as_str(), r.disposition, r.status, r.end_reason), ("m-1", "answered", 200, Some("BYE")));
+    assert_eq!((r.from.as_str(), r.to.as_str()), ("sip:alice@sixgate.test", "sip:+442079999999@sixgate.test"));
+    assert_eq!((r.user.as_deref(), r.carrier.as_deref()), (Some("alice"), Some("primary")));
+    assert_eq!((r.caller.family, r.callee.as_ref().map(|c| c.family)), ("IPv6", Some("IPv4")));
+    assert!(r.answer_ms.is_some_and(|a| a >= r.start_ms && r.end_ms - a == r.duration_ms && r.duration_ms == 10_000), "{r:?}");
+    assert_eq!(r.media.len(), 1);
+    assert!(r.media[0].complete);
+    assert_eq!((r.media[0].from_caller.as_ref().map(|d| d.packets), r.media[0].from_callee.as_ref().map(|d| d.packets)), (Some(520), Some(160)));
+    assert_eq!(r.one_way_audio.as_ref().map(|o| o.silent), Some("callee"), "the record keeps the finding");
+    sim.run_until(Duration::from_secs(120));
+    assert!(sim.drained(), "{:?}", sim.eng.table_sizes());
+}
+
+#[test]
+fn a_normal_call_and_a_held_call_never_raise_one_way_audio() {
+    let mut sim = relayed();
+    answered(&mut sim);
+    assert!(poll(&mut sim, 20, |s| (s * 50, s * 50)).is_empty(), "both sides send");
+    // The phone holds (sendonly, answered recvonly): only the phone sends, which is expected.
+    let hold = PHONE_SDP.replace("a=sendrecv", "a=sendonly").replace(" 1 1 IN", " 1 2 IN");
+    let out = sim.send(PHONE, &from_phone("INVITE", 3, "hold", &hold));
+    let reinv = out.iter().find(|t| t.dest.to_string() == PRIMARY).unwrap().clone();
+    sim.send(PRIMARY, &with_body(&respond(&reinv, 200, "OK", None, ""), &CARRIER_SDP.replace("m=audio", "a=recvonly\r\nm=audio")));
+    sim.send(PHONE, &from_phone("ACK", 3, "hold-ack", ""));
+    assert!(poll(&mut sim, 20, |s| (1000 + s * 50, 1000)).is_empty(), "on hold");
+    assert_eq!(sim.eng.stats.one_way_audio_calls, 0);
+    // The relay's media timeout ends it (BYE both ways): recorded with the last polled figures
+    // when the relay's final ones never come (a lost event).
+    sim.events.clear();
+    let session = sixgate_relay::SessionId(*sim.relay.live.iter().next().unwrap());
+    sim.eng.handle(sim.now, Input::MediaTimeout { session, leg: sixgate_relay::LegId::B });
+    sim.drain();
+    assert!(!sim.events.iter().any(|e| matches!(e, Event::CallRecord(_))), "waits for the final figures");
+    sim.run_until(sim.elapsed() + Duration::from_secs(3));
+    let Some(Event::CallRecord(r)) = sim.events.iter().find(|e| matches!(e, Event::CallRecord(_))) else { panic!("{:?}", sim.events) };
+    assert_eq!(r.end_reason, Some("media timeout"));
+    assert!(!r.media[0].complete && r.media[0].from_caller.as_ref().is_some_and(|d| d.packets == 2000), "{r:?}");
+    sim.run_until(sim.elapsed() + Duration::from_secs(120));
+    assert!(sim.drained(), "{:?}", sim.eng.table_sizes());
+}
+
+#[test]
+fn an_unanswered_call_is_recorded_with_its_disposition() {
+    let mut sim = relayed();
+    let out = call(&mut sim, "+442079999999", "m-1", PHONE_SDP, "application/sdp");
+    let inv = out.iter().find(|t| t.dest.to_string() == PRIMARY).unwrap().clone();
+    sim.send(PRIMARY, &respond(&inv, 486, "Busy Here", Some("carrier9"), ""));
+    let records: Vec<_> = sim.events.iter().filter_map(|e| if let Event::CallRecord(r) = e { Some(r) } else { None }).collect();
+    assert_eq!(records.len(), 1, "{:?}", sim.events);
+    let r = records[0];
+    assert_eq!((r.disposition, r.status, r.answer_ms, r.duration_ms, r.end_reason), ("busy", 486, None, 0, None));
+    assert_eq!(r.callee.as_ref().map(|c| c.address.as_str()), Some(PRIMARY));
+    assert_eq!(r.carrier.as_deref(), Some("primary"));
+}

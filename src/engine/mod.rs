@@ -8,6 +8,7 @@
 //! forwards (RFC 3261 §16); [`edit`] changes messages; [`dialog`] holds calls.
 //! Must never: read the clock, lock, sleep, touch a socket or resolver, or panic on input.
 
+pub mod calls;
 pub mod dialog;
 pub mod edit;
 pub mod media;
@@ -59,6 +60,11 @@ pub enum Input {
     Media { id: u64, result: Result<Vec<sixgate_relay::SessionInfo>, String> },
     /// The relay heard nothing on `leg` of `session` for the media timeout.
     MediaTimeout { session: sixgate_relay::SessionId, leg: sixgate_relay::LegId },
+    /// The relay's counters asked for by [`MediaOp::Stats`] (sessions it no longer has are
+    /// left out).
+    MediaStats { stats: Vec<(sixgate_relay::SessionId, sixgate_relay::SessionStats)> },
+    /// A relay session was deleted; its final statistics.
+    MediaClosed { session: sixgate_relay::SessionId, stats: sixgate_relay::SessionStats },
 }
 
 /// Bytes to send: over which transport, from which of our sockets, to where. `client` names the
@@ -86,6 +92,10 @@ pub enum Event {
     Banned { network: IpAddr },
     /// A relayed call's media stopped from one side (`silent`: "caller" or "callee").
     MediaTimeout { call_id: String, silent: &'static str },
+    /// An answered call's media flows one way only (`silent`: "caller" or "callee").
+    OneWayAudio { call_id: String, silent: &'static str, cause: String },
+    /// A call is over (see [`calls::CallRecord`]).
+    CallRecord(Box<calls::CallRecord>),
 }
 
 /// Everything the engine asks for.
@@ -141,6 +151,8 @@ pub struct Stats {
     pub media_failures: u64,
     /// Relayed calls whose media stopped on one side.
     pub media_timeouts: u64,
+    /// Answered calls whose media flowed one way only (counted once per call).
+    pub one_way_audio_calls: u64,
     /// Gauges the driver fills in: bindings and flows held by the registrar, and answered calls
     /// by the families of their legs (caller, callee).
     pub bindings: u64,
@@ -185,6 +197,7 @@ impl Stats {
             ("media_refused", self.media_refused),
             ("media_relay_failures", self.media_failures),
             ("media_timeouts", self.media_timeouts),
+            ("one_way_audio_calls", self.one_way_audio_calls),
         ];
         for (name, v) in plain {
             out.push_str(&format!("sixgate_engine_{name}_total {v}\n"));
@@ -212,6 +225,8 @@ pub struct TableSizes {
     pub pending_store: usize,
     /// Branches waiting for their relay sessions.
     pub media_waits: usize,
+    /// Call records waiting for final media statistics.
+    pub records: usize,
 }
 
 impl TableSizes {
@@ -232,6 +247,10 @@ enum TimerRef {
     Keepalive(u64),
     /// Pruning of rate-limit buckets and the DNS cache, expiry of bindings.
     Housekeeping,
+    /// Reading answered calls' media counters (one-way audio).
+    MediaPoll,
+    /// A call record stops waiting for final media statistics.
+    Record(u64),
 }
 
 struct ServerEntry {
@@ -389,6 +408,9 @@ pub struct Engine {
     /// Pending DNS lookups: id -> the query (results are cached) and who waits.
     lookups: HashMap<u64, (Query, proxy::LookupWaiter)>,
     dns_cache: HashMap<Query, Cached>,
+    /// Call records waiting for their sessions' final statistics, and who waits for which.
+    records: HashMap<u64, calls::PendingRecord>,
+    record_of_session: HashMap<sixgate_relay::SessionId, u64>,
     buckets: HashMap<IpAddr, Bucket>,
 
     timers: BTreeSet<(Instant, TimerRef)>,
@@ -448,6 +470,8 @@ impl Engine {
             dialog_index: HashMap::new(),
             lookups: HashMap::new(),
             dns_cache: HashMap::new(),
+            records: HashMap::new(),
+            record_of_session: HashMap::new(),
             buckets: HashMap::new(),
             timers: BTreeSet::new(),
             scheduled: HashMap::new(),
@@ -468,6 +492,9 @@ impl Engine {
             }
         }
         self.schedule(TimerRef::Housekeeping, Some(now + HOUSEKEEPING));
+        if self.media.one_way_after > Duration::ZERO && self.media.mode != crate::config::RelayMode::Never {
+            self.schedule(TimerRef::MediaPoll, Some(now + calls::MEDIA_POLL));
+        }
     }
 
     /// Feeds one input. Outputs queue up for [`Engine::poll_output`].
@@ -492,6 +519,8 @@ impl Engine {
             Input::FlowClosed { transport, local, remote } => self.end_flow(Flow { transport, local, remote }, "connection closed"),
             Input::Media { id, result } => self.on_media(now, id, result),
             Input::MediaTimeout { session, leg } => self.on_media_timeout(now, session, leg),
+            Input::MediaStats { stats } => self.on_media_stats(now, stats),
+            Input::MediaClosed { session, stats } => self.on_media_closed(session, stats),
         }
     }
 
@@ -521,6 +550,8 @@ impl Engine {
                 TimerRef::Probe(i) => self.probe_carrier(now, i),
                 TimerRef::Keepalive(id) => self.keepalive_timer(now, id),
                 TimerRef::Housekeeping => self.housekeeping(now),
+                TimerRef::MediaPoll => self.poll_media(now),
+                TimerRef::Record(id) => self.record_due(id),
             }
         }
     }
@@ -538,6 +569,7 @@ impl Engine {
             dns_lookups: self.lookups.values().filter(|(_, w)| !matches!(w, proxy::LookupWaiter::Probe { .. })).count(),
             pending_store: self.pending_replies.len(),
             media_waits: self.media_waits.len(),
+            records: self.records.len(),
         }
     }
 
@@ -877,27 +909,37 @@ impl Engine {
         let Some(d) = self.dialogs.get(&did) else { return };
         let idle_until = d.last_activity + Duration::from_secs(self.limits.dialog_idle_secs);
         if now >= idle_until {
-            self.remove_dialog(did, "idle timeout");
+            self.end_call(now, did, "idle timeout");
         } else {
             self.schedule(TimerRef::Dialog(did), Some(idle_until));
         }
     }
 
-    fn remove_dialog(&mut self, did: u64, reason: &'static str) {
-        self.schedule(TimerRef::Dialog(did), None);
-        if let Some(d) = self.dialogs.remove(&did) {
-            for k in DialogKey::both(&d) {
-                if self.dialog_index.get(&k) == Some(&did) {
-                    self.dialog_index.remove(&k);
-                }
-            }
-            for s in d.media.iter().flat_map(|m| m.call.streams.iter().flatten()) {
-                self.media_op(MediaOp::Delete(s.session));
-            }
+    /// Ends a dialog: its relay sessions go, and a confirmed call's end is told and recorded.
+    fn end_call(&mut self, now: Instant, did: u64, reason: &'static str) {
+        if let Some(d) = self.remove_dialog(did, reason) {
             if !d.early {
-                self.event(Event::CallEnded { call_id: String::from_utf8_lossy(&d.call_id).into_owned(), reason });
+                self.record_dialog(now, &d, reason);
             }
         }
+    }
+
+    /// Forgets a dialog and deletes its relay sessions; the dialog, if there was one.
+    fn remove_dialog(&mut self, did: u64, reason: &'static str) -> Option<Dialog> {
+        self.schedule(TimerRef::Dialog(did), None);
+        let d = self.dialogs.remove(&did)?;
+        for k in DialogKey::both(&d) {
+            if self.dialog_index.get(&k) == Some(&did) {
+                self.dialog_index.remove(&k);
+            }
+        }
+        for s in d.media.iter().flat_map(|m| m.call.streams.iter().flatten()) {
+            self.media_op(MediaOp::Delete(s.session));
+        }
+        if !d.early {
+            self.event(Event::CallEnded { call_id: String::from_utf8_lossy(&d.call_id).into_owned(), reason });
+        }
+        Some(d)
     }
 
     // ----- housekeeping -----

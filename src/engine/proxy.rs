@@ -112,6 +112,8 @@ pub struct ProxyCtx {
     /// Added to the CSeq of this request on every branch (in-dialog toward a carrier that took
     /// one CSeq number for its digest round).
     cseq_offset: u32,
+    /// When the request arrived (a call record's start).
+    started: Instant,
 }
 
 impl ProxyCtx {
@@ -689,6 +691,7 @@ impl Engine {
                 carrier_origin: plan.carrier_origin,
                 dialog: plan.dialog,
                 cseq_offset: plan.cseq_offset,
+                started: now,
             },
         );
         if let Some(e) = self.servers.get_mut(&sid) {
@@ -981,7 +984,7 @@ impl Engine {
             }
             if is_bye {
                 if let Some(did) = dialog_of_request {
-                    self.remove_dialog(did, "BYE");
+                    self.end_call(now, did, "BYE");
                 }
             }
             if let Some(c) = carrier {
@@ -1026,7 +1029,7 @@ impl Engine {
         if ctx.method == Method::Bye {
             if let Some(did) = ctx.dialog {
                 // A BYE that failed still ends our record of the call: the caller hung up.
-                self.remove_dialog(did, "BYE failed");
+                self.end_call(now, did, "BYE failed");
             }
         }
         let Some(ctx) = self.contexts.get_mut(&ctx_id) else { return };
@@ -1140,30 +1143,67 @@ impl Engine {
         let best = ctx.best.take();
         let cancelled = ctx.cancelled;
         let media_refused = ctx.media_refused;
-        match best {
+        let status = match best {
             // Nothing better than our own media refusal: say why (a 503 for want of relay
             // ports is passed on as such, with Retry-After, unlike a downstream 503).
             Some((status, None)) if !cancelled && media_refused.is_some_and(|(s, _)| s == status) => {
                 let (status, reason) = media_refused.unwrap_or((status, "Not Acceptable Here"));
                 let retry = [("Retry-After", "10".to_string())];
                 self.answer(now, server, status, reason, if status == 503 { &retry[..] } else { &[] });
+                status
             }
-            _ if cancelled => match best {
-                Some((487, Some(bytes))) => {
-                    self.send_response(now, server, 487, bytes);
+            _ if cancelled => {
+                match best {
+                    Some((487, Some(bytes))) => {
+                        self.send_response(now, server, 487, bytes);
+                    }
+                    _ => self.answer(now, server, 487, "Request Terminated", &[]),
                 }
-                _ => self.answer(now, server, 487, "Request Terminated", &[]),
-            },
+                487
+            }
             // §16.7 step 6: a 503 is not passed on (it would make the caller fail over away
             // from us); a 500 says the same about the call.
-            Some((503, _)) => self.answer(now, server, 500, "Server Internal Error (no destination could take the call)", &[]),
+            Some((503, _)) => {
+                self.answer(now, server, 500, "Server Internal Error (no destination could take the call)", &[]);
+                500
+            }
             Some((status, Some(bytes))) => {
                 self.stats.responses_forwarded += u64::from(self.send_response(now, server, status, bytes));
+                status
             }
-            Some((status, None)) => self.answer(now, server, status, reason_of(status), &[]),
-            None => self.answer(now, server, 408, "Request Timeout", &[]),
+            Some((status, None)) => {
+                self.answer(now, server, status, reason_of(status), &[]);
+                status
+            }
+            None => {
+                self.answer(now, server, 408, "Request Timeout", &[]);
+                408
+            }
+        };
+        if let Some(call) = self.unanswered(ctx_id, status) {
+            self.record_unanswered(now, call);
         }
         self.retire_if_answered(ctx_id);
+    }
+
+    /// A new INVITE's record data at its final non-2xx answer (`None` for other requests).
+    fn unanswered(&self, ctx_id: u64, status: u16) -> Option<super::calls::UnansweredCall> {
+        let ctx = self.contexts.get(&ctx_id)?;
+        let request = ctx.request.as_ref().filter(|_| ctx.is_invite && ctx.dialog.is_none())?;
+        let last = ctx.branches.last();
+        let carrier = last.and_then(|b| b.candidate.carrier).or(ctx.carrier_origin);
+        Some(super::calls::UnansweredCall {
+            call_id: request.text(request.call_id).into_owned(),
+            started: ctx.started,
+            from: request.text(request.from.uri.span).into_owned(),
+            to: request.text(request.to.uri.span).into_owned(),
+            user: ctx.user.clone(),
+            carrier: carrier.map(|c| self.router.carriers()[c].name.clone()),
+            caller: super::calls::RecordLeg::of(&super::dialog::Leg { transport: ctx.from.transport, local: ctx.from.local, remote: ctx.from.remote }),
+            callee: last.map(|b| super::calls::RecordLeg::of(&super::dialog::Leg { transport: b.hop.transport, local: b.hop.local, remote: b.hop.dest })),
+            status,
+            cancelled: ctx.cancelled,
+        })
     }
 
     /// A non-INVITE context is of no use once its final answer is out (its other branches
@@ -1257,6 +1297,13 @@ impl Engine {
             teardown: self.teardown_info(request, resp, caller_flow, hop),
             media: None,
             early,
+            call: ctx.is_invite.then(|| super::calls::CallInfo {
+                started: ctx.started,
+                answered: (!early).then_some(now),
+                from: request.text(request.from.uri.span).into_owned(),
+                to: request.text(request.to.uri.span).into_owned(),
+            }),
+            watch: Default::default(),
         };
         let keys = DialogKey::both(&d);
         if let Some(&did) = keys.iter().find_map(|k| self.dialog_index.get(k)) {
@@ -1266,6 +1313,9 @@ impl Engine {
             if confirm {
                 if let Some(x) = self.dialogs.get_mut(&did) {
                     x.early = false;
+                    if let Some(c) = &mut x.call {
+                        c.answered = Some(now);
+                    }
                     (x.callee_target, x.callee_contact, x.teardown) = (d.callee_target, d.callee_contact, d.teardown.clone());
                 }
                 self.call_answered(ctx_id, did);

@@ -77,6 +77,8 @@ pub(super) struct Sim {
     /// Every relay request, and the relay that answers them.
     pub(super) media_ops: Vec<MediaOp>,
     pub(super) relay: crate::fuzzing::FakeRelay,
+    /// Every event the engine told.
+    pub(super) events: Vec<Event>,
 }
 
 impl Sim {
@@ -88,7 +90,7 @@ impl Sim {
         let mut eng = Engine::new(&cfg, EngineParams { seed: 7, nonce_key: [3; 32], unix_time: 1_800_000_000 });
         let t0 = Instant::now();
         eng.start(t0);
-        Sim { eng, t0, now: t0, stored: Vec::new(), store_fails: false, media_ops: Vec::new(), relay: Default::default() }
+        Sim { eng, t0, now: t0, stored: Vec::new(), store_fails: false, media_ops: Vec::new(), relay: Default::default(), events: Vec::new() }
     }
 
     pub(super) fn inbound(&self, transport: TransportKind, remote: &str) -> Inbound {
@@ -130,6 +132,7 @@ impl Sim {
                         made.extend(self.relay.answer(&op).map(|r| (id, r)));
                         self.media_ops.push(op);
                     }
+                    Output::Event(e) => self.events.push(e),
                     _ => {}
                 }
             }

@@ -7,7 +7,7 @@
 //! applies the peer updates this module computes. Must never: show a party an address of the
 //! other party, or leave an active m-line pointing anywhere but the relay.
 
-use super::sdp::Sdp;
+use super::sdp::{Direction, Sdp};
 use sixgate_relay::{Family, LegAddrs, LegId, LegSpec, SessionId, SessionSpec};
 use std::net::{IpAddr, SocketAddr};
 
@@ -113,6 +113,20 @@ impl Versions {
 pub struct CallMedia {
     pub streams: Vec<Option<Stream>>,
     pub versions: Versions,
+    /// Per m-line, the direction each side's latest SDP declared (caller, callee; `Inactive`
+    /// for a disabled line or the legacy 0.0.0.0 hold): which way media is expected to flow.
+    pub declared: Vec<[Option<Direction>; 2]>,
+}
+
+impl CallMedia {
+    /// Whether `from` is expected to send on m-line `i`: its SDP says it sends and the other
+    /// side's says it receives (RFC 3264 §6.1). False until both sides have spoken.
+    pub fn expects(&self, i: usize, from: Side) -> bool {
+        let Some(d) = self.declared.get(i) else { return false };
+        let sends = matches!(d[from.index()], Some(Direction::SendRecv | Direction::SendOnly));
+        let receives = matches!(d[from.other().index()], Some(Direction::SendRecv | Direction::RecvOnly));
+        sends && receives
+    }
 }
 
 /// A peer the relay must learn from a party's SDP (`None`: the party holds with 0.0.0.0/::).
@@ -169,7 +183,10 @@ pub fn translate(sdp: &Sdp, from: Side, media: &mut CallMedia) -> (Vec<PeerUpdat
     let mut updates = Vec::new();
     let mut ports = Vec::with_capacity(sdp.media.len());
     let mut addr = None;
+    media.declared.resize(media.declared.len().max(sdp.media.len()), [None; 2]);
     for (i, m) in sdp.media.iter().enumerate() {
+        let held = m.port == 0 || m.addr.is_unspecified();
+        media.declared[i][from.index()] = Some(if held { Direction::Inactive } else { m.direction });
         let stream = media.streams.get(i).copied().flatten().filter(|_| m.port != 0);
         let Some(s) = stream else {
             ports.push(0);
