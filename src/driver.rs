@@ -30,6 +30,7 @@ enum Feedback {
     MediaTimeout(sixgate_relay::SessionId, sixgate_relay::LegId),
     MediaStats(Vec<(sixgate_relay::SessionId, sixgate_relay::SessionStats)>),
     MediaClosed(sixgate_relay::SessionId, Box<sixgate_relay::SessionStats>),
+    MediaFirstPacket(sixgate_relay::SessionId, sixgate_relay::LegId, SocketAddr),
 }
 
 /// Where the relay's event thread hands the events the engine acts on.
@@ -39,6 +40,11 @@ pub struct MediaSink(mpsc::UnboundedSender<Feedback>);
 impl MediaSink {
     pub fn media_timeout(&self, session: sixgate_relay::SessionId, leg: sixgate_relay::LegId) {
         let _ = self.0.send(Feedback::MediaTimeout(session, leg));
+    }
+
+    /// A leg's first accepted packet (for `sixgate ctl diagnose`).
+    pub fn first_packet(&self, session: sixgate_relay::SessionId, leg: sixgate_relay::LegId, from: SocketAddr) {
+        let _ = self.0.send(Feedback::MediaFirstPacket(session, leg, from));
     }
 
     /// A session's final statistics (for its call record).
@@ -113,6 +119,10 @@ pub struct Io {
     pub relay: Option<Arc<sixgate_relay::Relay>>,
     /// The call record writer's queue (see [`spawn_records`]), unless records are off.
     pub records: Option<std::sync::mpsc::Sender<String>>,
+    /// The config in force, and the file it came from (`None`: the embedded defaults, which
+    /// cannot be reloaded).
+    pub config: crate::config::Config,
+    pub config_file: Option<std::path::PathBuf>,
 }
 
 /// Appends call records (one JSON line each) to `path` on their own thread: every line queued
@@ -221,7 +231,7 @@ pub fn start_store(store: Box<dyn BindingStore>, counters: Arc<StoreCounters>) -
 const BATCH: usize = 64;
 
 /// Runs the engine until the message channel closes.
-pub async fn run(mut engine: Engine, mut messages: mpsc::Receiver<Delivery>, io: Io, started: Started, mut ctl: mpsc::Receiver<crate::ctl::Ask>) {
+pub async fn run(mut engine: Engine, mut messages: mpsc::Receiver<Delivery>, mut io: Io, started: Started, mut ctl: mpsc::Receiver<crate::ctl::Ask>) {
     let (fb_tx, mut feedback) = started.feedback;
     engine.start(Instant::now().into_std());
     let mut last_export = Instant::now();
@@ -274,17 +284,49 @@ pub async fn run(mut engine: Engine, mut messages: mpsc::Receiver<Delivery>, io:
                     Feedback::Stored(id, ok) => engine.handle(now, Input::Stored { id, ok }),
                     Feedback::MediaTimeout(session, leg) => engine.handle(now, Input::MediaTimeout { session, leg }),
                     Feedback::MediaStats(stats) => engine.handle(now, Input::MediaStats { stats }),
+                    Feedback::MediaFirstPacket(session, leg, from) => engine.handle(now, Input::MediaFirstPacket { session, leg, from }),
                     Feedback::MediaClosed(session, stats) => engine.handle(now, Input::MediaClosed { session, stats: *stats }),
                 }
             }
             // `sixgate ctl`: a snapshot of the tables, taken between two inputs.
             Some(ask) = ctl.recv() => {
-                let reply = crate::ctl::snapshot(&engine, Instant::now().into_std(), &ask.request);
+                let now = Instant::now().into_std();
+                let reply = match ask.request {
+                    crate::ctl::Request::Reload => reload(&mut engine, &mut io, now),
+                    _ => crate::ctl::snapshot(&engine, now, &ask.request),
+                };
                 let _ = ask.reply.send(reply);
             }
             _ = sleep => engine.handle_timeout(Instant::now().into_std()),
         }
     }
+}
+
+/// Re-reads the config file and applies it (`sixgate ctl reload`, SIGHUP); a bad file changes
+/// nothing and the answer names every problem.
+fn reload(engine: &mut Engine, io: &mut Io, now: std::time::Instant) -> crate::ctl::Reply {
+    use crate::ctl::Reply;
+    let Some(file) = io.config_file.clone() else {
+        return Reply::Error { error: "sixgate runs on its embedded defaults (started without -c FILE): there is no file to reload".into() };
+    };
+    let new = match crate::config::Config::from_file(&file) {
+        Ok(c) => c,
+        Err(errs) => {
+            let list: Vec<String> = errs.0.iter().map(|i| format!("  {i}")).collect();
+            tracing::error!(file = %file.display(), problems = errs.0.len(), "reload refused: the file is invalid; the running config stays");
+            return Reply::Error { error: format!("{}: invalid configuration, not reloaded (the running config stays):\n{}", file.display(), list.join("\n")) };
+        }
+    };
+    // The engine sees the ports actually bound, as at start.
+    let mut new = new;
+    if new.listen.len() == io.config.listen.len() && new.listen.iter().zip(&io.config.listen).all(|(n, o)| n.transport == o.transport && n.addr.ip() == o.addr.ip() && (n.addr.port() == 0 || n.addr.port() == o.addr.port())) {
+        new.listen = io.config.listen.clone();
+    }
+    let r = engine.reconfigure(now, &io.config, &new);
+    tracing::info!(file = %file.display(), applied = ?r.applied, restart_needed = ?r.restart_needed, "config reloaded");
+    io.limits = new.limits.clone();
+    io.config = crate::engine::in_force(&io.config, &new);
+    Reply::Reloaded { file: file.display().to_string(), applied: r.applied, restart_needed: r.restart_needed }
 }
 
 fn drain(engine: &mut Engine, io: &Io, fb: &mpsc::UnboundedSender<Feedback>) {

@@ -8,7 +8,8 @@ const USAGE: &str = "\
 usage: sixgate run [-c FILE]        serve (embedded loopback defaults without -c)
        sixgate check-config FILE    validate a config file; exit 1 listing every problem
        sixgate print-defaults       print the embedded default config
-       sixgate ctl [--json] [--socket PATH | -c FILE] registrations [USER] | calls | stats
+       sixgate ctl [--json] [--socket PATH | -c FILE] registrations [USER] | calls | call CALL-ID
+                                    | diagnose USER | stats | reload
                                     ask the running daemon (its control socket: --socket, else
                                     $RUNTIME_DIRECTORY/ctl.sock, else /run/sixgate/ctl.sock, else
                                     the state directory of -c FILE or of the defaults)
@@ -58,7 +59,10 @@ fn ctl(args: &[String]) -> ExitCode {
         ["registrations"] => Request::Registrations { user: None },
         ["registrations", user] => Request::Registrations { user: Some(user.to_string()) },
         ["calls"] => Request::Calls,
+        ["call", id] => Request::Call { call_id: id.to_string() },
+        ["diagnose", user] => Request::Diagnose { user: user.to_string() },
         ["stats"] => Request::Stats,
+        ["reload"] => Request::Reload,
         _ => return usage(),
     };
     let socket = match (socket, config) {
@@ -140,7 +144,7 @@ fn run(file: Option<PathBuf>) -> ExitCode {
         }
     };
     rt.block_on(async {
-        let server = match sixgate::server::Server::start(&cfg).await {
+        let server = match sixgate::server::Server::start_from(&cfg, file.clone()).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!("{e}");

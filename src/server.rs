@@ -51,6 +51,12 @@ pub struct Server {
 impl Server {
     /// Binds all listeners and spawns their tasks on the current tokio runtime.
     pub async fn start(cfg: &Config) -> Result<Server, StartError> {
+        Server::start_from(cfg, None).await
+    }
+
+    /// [`Server::start`] with the file `cfg` was read from: `sixgate ctl reload` and SIGHUP
+    /// re-read it.
+    pub async fn start_from(cfg: &Config, file: Option<std::path::PathBuf>) -> Result<Server, StartError> {
         // Durable state first: a store that cannot be opened must stop the start, before any
         // phone is told 200.
         let nonce_key = nonce_key(&cfg.state_dir)?;
@@ -138,8 +144,11 @@ impl Server {
             store: store_queue,
             relay: relay.clone(),
             records: cfg.call_records.clone().map(|path| crate::driver::spawn_records(path, store_counters.clone())),
+            config: cfg.clone(),
+            config_file: file,
         };
         let (ctl_tx, ctl_rx) = tokio::sync::mpsc::channel(16);
+        tasks.push(tokio::spawn(reload_on_sighup(ctl_tx.clone())));
         tasks.push(tokio::spawn(crate::driver::run(engine, messages, io, started, ctl_rx)));
         let ctl_path = crate::ctl::socket_path(&cfg.state_dir);
         let ctl_listener = bind_ctl(&ctl_path)?;
@@ -330,6 +339,24 @@ struct RelayEventCounters {
     dropped: [std::sync::atomic::AtomicU64; 4],
 }
 
+/// SIGHUP re-reads the config file, as `sixgate ctl reload` does; the outcome is logged.
+async fn reload_on_sighup(engine: tokio::sync::mpsc::Sender<crate::ctl::Ask>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot watch SIGHUP: reload with `sixgate ctl reload`");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if engine.send(crate::ctl::Ask { request: crate::ctl::Request::Reload, reply: tx }).await.is_err() {
+            return;
+        }
+        if let Ok(crate::ctl::Reply::Error { error }) = rx.await {
+            tracing::error!("SIGHUP: {error}");
+        }
+    }
+}
+
 /// Drains the relay's event stream on its own thread (the stream is not `Sync`, so it cannot
 /// sit in a tokio task) for as long as the process runs: logs and counts the events, and hands
 /// media timeouts to the engine (which ends the call).
@@ -347,7 +374,10 @@ fn drain_relay_events(events: sixgate_relay::EventStream, counters: Arc<RelayEve
             continue;
         };
         match e {
-            Event::FirstPacket { .. } => counters.first_packet.fetch_add(1, Relaxed),
+            Event::FirstPacket { session, leg, from } => {
+                engine.first_packet(session, leg, from);
+                counters.first_packet.fetch_add(1, Relaxed)
+            }
             Event::Latched { session, leg, peer, .. } => {
                 tracing::debug!(session = session.0, ?leg, %peer, "relay leg latched");
                 counters.latched.fetch_add(1, Relaxed)

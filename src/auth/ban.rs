@@ -30,6 +30,11 @@ impl Bans {
         Bans { threshold, window, ban, by_source: HashMap::new() }
     }
 
+    /// New thresholds (a reload); bans in force run their course.
+    pub fn configure(&mut self, threshold: u32, window: Duration, ban: Duration) {
+        (self.threshold, self.window, self.ban) = (threshold, window, ban);
+    }
+
     /// Whether `source` is banned at `now`.
     pub fn is_banned(&self, now: Instant, source: IpAddr) -> bool {
         let key = crate::transport::source_key(source);

@@ -15,7 +15,13 @@ use std::path::{Path, PathBuf};
 pub enum Request {
     Registrations { user: Option<String> },
     Calls,
+    /// One call, by Call-ID.
+    Call { call_id: String },
+    /// NAT and SIP ALG findings for one local user's phone.
+    Diagnose { user: String },
     Stats,
+    /// Re-read the config file (as SIGHUP does).
+    Reload,
 }
 
 /// The daemon's answer.
@@ -25,6 +31,8 @@ pub enum Reply {
     Registrations { registrations: Vec<Registration> },
     Calls { calls: Vec<Call> },
     Stats { counters: Vec<(String, f64)> },
+    Diagnosis { user: String, contacts: Vec<String>, findings: Vec<crate::registrar::diagnose::Finding> },
+    Reloaded { file: String, applied: Vec<String>, restart_needed: Vec<String> },
     Error { error: String },
 }
 
@@ -192,6 +200,19 @@ pub fn render(reply: &Reply) -> String {
                 out.push_str(&format!("{name} {v}\n"));
             }
         }
+        Reply::Diagnosis { user, contacts, findings } => {
+            out.push_str(&format!("{user}: {}\n", if contacts.is_empty() { "not registered".to_string() } else { format!("registered at {}", contacts.join(", ")) }));
+            for f in findings {
+                out.push_str(&format!("\n[{}] {}: {}\n    what to do: {}\n", f.level.to_uppercase(), f.topic, f.seen, f.action));
+            }
+        }
+        Reply::Reloaded { file, applied, restart_needed } => {
+            out.push_str(&format!("reloaded {file}\n"));
+            out.push_str(&format!("applied: {}\n", if applied.is_empty() { "nothing changed".into() } else { applied.join(", ") }));
+            if !restart_needed.is_empty() {
+                out.push_str(&format!("changed but needs a restart (running values kept): {}\n", restart_needed.join(", ")));
+            }
+        }
         Reply::Error { error } => out.push_str(&format!("error: {error}\n")),
     }
     out
@@ -319,6 +340,38 @@ pub fn snapshot(engine: &crate::engine::Engine, now: std::time::Instant, request
             registrations.sort_by(|a, b| (&a.aor, &a.contact).cmp(&(&b.aor, &b.contact)));
             Reply::Registrations { registrations }
         }
+        Request::Call { call_id } => match snapshot(engine, now, &Request::Calls) {
+            Reply::Calls { calls } if calls.iter().any(|c| &c.call_id == call_id) => Reply::Calls { calls: calls.into_iter().filter(|c| &c.call_id == call_id).collect() },
+            _ => Reply::Error { error: format!("no call with Call-ID {call_id}") },
+        },
+        Request::Diagnose { user } => {
+            let Some(username) = engine.local_user(user) else {
+                return Reply::Error { error: format!("{user} is not a local user") };
+            };
+            let unix = engine.unix_now(now);
+            let registrar = engine.registrar();
+            let bindings: Vec<_> = registrar.all().filter(|b| b.aor == username && b.expires_at > unix).collect();
+            let flow = bindings.first().and_then(|b| {
+                let f = registrar.flow(&b.flow)?;
+                Some(crate::registrar::diagnose::FlowView {
+                    remote: b.flow.remote,
+                    reliable: b.flow.transport != crate::config::TransportKind::Udp,
+                    keepalive_interval: registrar.config().keepalive_interval_secs,
+                    survived_secs: f.survived_secs,
+                    lost_after_secs: f.lost_after_secs,
+                    missed: f.missed,
+                })
+            });
+            let evidence = engine.phone_evidence(&username).cloned().unwrap_or_default();
+            let evidence = crate::registrar::diagnose::Evidence { register: evidence.register.filter(|_| !bindings.is_empty()), ..evidence };
+            Reply::Diagnosis {
+                contacts: bindings.iter().map(|b| b.contact.clone()).collect(),
+                findings: crate::registrar::diagnose::diagnose(&username, &evidence, flow.as_ref()),
+                user: username,
+            }
+        }
+        // Answered by the driver (it holds the config).
+        Request::Reload => Reply::Error { error: "reload is the driver's to answer".into() },
         Request::Calls => {
             let leg = |l: &crate::engine::dialog::Leg| CallLeg {
                 transport: format!("{:?}", l.transport).to_ascii_lowercase(),

@@ -239,6 +239,11 @@ impl Engine {
                     w.media.call.streams[*slot] = Some(offer::Stream { session: info.id, legs: info.legs });
                     w.media.created.push(info.id);
                 }
+                if let Some(user) = self.contexts.get(&ctx_id).filter(|c| c.side == Side::Caller).and_then(|c| c.user.clone()) {
+                    for info in &infos {
+                        self.latch_watch.insert(info.id, user.clone());
+                    }
+                }
                 self.send_branch_with(now, ctx_id, w.candidate, w.hop, w.auth, Some(w.media));
             }
             Ok(infos) => {
@@ -259,6 +264,9 @@ impl Engine {
     }
 
     pub(super) fn media_op(&mut self, op: MediaOp) {
+        if let MediaOp::Delete(s) = &op {
+            self.latch_watch.remove(s);
+        }
         self.out.push_back(Output::Media { id: 0, op });
     }
 
@@ -346,6 +354,20 @@ impl Engine {
             d.media = Some(m);
         }
         text
+    }
+
+    /// A leg's first accepted packet: for a call a local user placed, where its phone's RTP
+    /// really comes from (`sixgate ctl diagnose`).
+    pub(super) fn on_media_first_packet(&mut self, now: Instant, session: SessionId, leg: LegId, from: std::net::SocketAddr) {
+        if leg != LegId::A {
+            return;
+        }
+        let Some(user) = self.latch_watch.get(&session) else { return };
+        let at = self.unix_now(now);
+        if let Some(e) = self.phones.get_mut(user) {
+            let sdp = e.invite.as_ref().and_then(|i| i.sdp);
+            e.media = Some(crate::registrar::diagnose::MediaSeen { at, sdp, latched: from });
+        }
     }
 
     /// The relay heard nothing on a leg for the media timeout. A call that has not been

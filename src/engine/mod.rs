@@ -14,6 +14,8 @@ pub mod edit;
 pub mod media;
 mod proxy;
 mod register;
+mod reload;
+pub use reload::{in_force, Reloaded};
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -63,6 +65,8 @@ pub enum Input {
     /// The relay's counters asked for by [`MediaOp::Stats`] (sessions it no longer has are
     /// left out).
     MediaStats { stats: Vec<(sixgate_relay::SessionId, sixgate_relay::SessionStats)> },
+    /// The first packet the relay accepted on a leg came from `from`.
+    MediaFirstPacket { session: sixgate_relay::SessionId, leg: sixgate_relay::LegId, from: SocketAddr },
     /// A relay session was deleted; its final statistics.
     MediaClosed { session: sixgate_relay::SessionId, stats: sixgate_relay::SessionStats },
 }
@@ -391,7 +395,9 @@ pub struct Engine {
     keepalive_flows: HashMap<u64, Flow>,
     flow_ids: HashMap<Flow, u64>,
     /// Flows whose OPTIONS keepalive awaits its answer.
-    keepalives_in_flight: std::collections::HashSet<u64>,
+    /// Flows whose OPTIONS keepalive awaits its answer, with the seconds of silence from the
+    /// phone when it was sent (what an answer proves about its NAT).
+    keepalives_in_flight: HashMap<u64, u64>,
     unix_at_epoch: u64,
     /// The first instant the engine saw: nonce timestamps count seconds from it.
     epoch: Option<Instant>,
@@ -411,6 +417,11 @@ pub struct Engine {
     /// Call records waiting for their sessions' final statistics, and who waits for which.
     records: HashMap<u64, calls::PendingRecord>,
     record_of_session: HashMap<sixgate_relay::SessionId, u64>,
+    /// What each local user's phone showed of its addresses (`sixgate ctl diagnose`); at most
+    /// one entry per configured user.
+    phones: HashMap<String, crate::registrar::diagnose::Evidence>,
+    /// Relay sessions of calls placed by a local user: whose RTP their leg A latches to.
+    latch_watch: HashMap<sixgate_relay::SessionId, String>,
     buckets: HashMap<IpAddr, Bucket>,
 
     timers: BTreeSet<(Instant, TimerRef)>,
@@ -452,7 +463,7 @@ impl Engine {
             pending_replies: HashMap::new(),
             keepalive_flows: HashMap::new(),
             flow_ids: HashMap::new(),
-            keepalives_in_flight: std::collections::HashSet::new(),
+            keepalives_in_flight: HashMap::new(),
             unix_at_epoch: params.unix_time,
             epoch: None,
             rng: Rng::new({
@@ -472,6 +483,8 @@ impl Engine {
             dns_cache: HashMap::new(),
             records: HashMap::new(),
             record_of_session: HashMap::new(),
+            phones: HashMap::new(),
+            latch_watch: HashMap::new(),
             buckets: HashMap::new(),
             timers: BTreeSet::new(),
             scheduled: HashMap::new(),
@@ -521,6 +534,7 @@ impl Engine {
             Input::MediaTimeout { session, leg } => self.on_media_timeout(now, session, leg),
             Input::MediaStats { stats } => self.on_media_stats(now, stats),
             Input::MediaClosed { session, stats } => self.on_media_closed(session, stats),
+            Input::MediaFirstPacket { session, leg, from } => self.on_media_first_packet(now, session, leg, from),
         }
     }
 
@@ -581,6 +595,19 @@ impl Engine {
 
     pub fn dialogs(&self) -> impl Iterator<Item = &Dialog> {
         self.dialogs.values()
+    }
+
+    /// The username a user part names (username, alias or number), if a local user.
+    pub fn local_user(&self, name: &str) -> Option<String> {
+        match self.router.called(name) {
+            crate::routing::Called::User(u) => Some(u.username.clone()),
+            _ => None,
+        }
+    }
+
+    /// What a local user's phone showed of its addresses (`sixgate ctl diagnose`).
+    pub fn phone_evidence(&self, username: &str) -> Option<&crate::registrar::diagnose::Evidence> {
+        self.phones.get(username)
     }
 
     pub fn carrier_up(&self, name: &str) -> Option<bool> {

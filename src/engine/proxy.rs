@@ -105,7 +105,7 @@ pub struct ProxyCtx {
     pub(super) media_refused: Option<(u16, &'static str)>,
     /// Which side of the call sent this request (the caller for a new INVITE).
     pub(super) side: Side,
-    user: Option<String>,
+    pub(super) user: Option<String>,
     pub(super) carrier_origin: Option<usize>,
     /// The dialog an in-dialog request belongs to; BYE ends it.
     pub(super) dialog: Option<u64>,
@@ -665,6 +665,10 @@ impl Engine {
         let drop_lines = self.lines_to_drop(&req, self.router.carrier_by_source(from.remote.ip()).is_some());
         let ctx_id = self.id();
         let is_invite = req.method() == Some(Method::Invite);
+        if let Some(user) = plan.user.as_ref().filter(|_| is_invite && plan.dialog.is_none()) {
+            let seen = crate::registrar::diagnose::Signaling::of(&req, from.remote, from.transport != TransportKind::Udp, self.unix_now(now));
+            self.phones.entry(user.clone()).or_default().invite = Some(seen);
+        }
         self.contexts.insert(
             ctx_id,
             ProxyCtx {
@@ -1466,7 +1470,7 @@ impl Engine {
     // ----- carrier probes -----
 
     pub(super) fn probe_carrier(&mut self, now: Instant, carrier: usize) {
-        let Some(c) = self.router.carriers().get(carrier) else { return };
+        let Some(c) = self.router.carriers().get(carrier).filter(|c| c.probe_interval_secs > 0) else { return };
         let interval = std::time::Duration::from_secs(c.probe_interval_secs);
         let uri = c.uri.clone();
         self.schedule(TimerRef::Probe(carrier), Some(now + interval));

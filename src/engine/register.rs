@@ -78,6 +78,8 @@ impl Engine {
             }
         };
         self.stats.registrations += 1;
+        let seen = crate::registrar::diagnose::Signaling::of(&msg, from.remote, from.transport != TransportKind::Udp, unix);
+        self.phones.entry(aor.clone()).or_default().register = Some(seen);
         for f in &applied.new_flows {
             self.flow_started(now, *f);
         }
@@ -169,6 +171,7 @@ impl Engine {
             return;
         };
         let (nat, contact) = (state.nat, state.contact.clone());
+        let silence = self.unix_now(now).saturating_sub(state.last_seen);
         let interval = self.registrar.config().keepalive_interval_secs;
         if !nat || interval == 0 {
             self.keepalive_flows.remove(&id);
@@ -182,9 +185,10 @@ impl Engine {
             KeepaliveKind::Crlf => self.transmit(hop, Bytes::from_static(transport::PING), None),
             KeepaliveKind::Options => {
                 // One ping in flight per flow: a slow answer is not two misses.
-                if !self.keepalives_in_flight.insert(id) {
+                if self.keepalives_in_flight.contains_key(&id) {
                     return;
                 }
+                self.keepalives_in_flight.insert(id, silence);
                 self.send_options(now, hop, &contact, ClientOwner::Keepalive { flow: id });
             }
         }
@@ -193,9 +197,12 @@ impl Engine {
     /// The answer (or silence) to an OPTIONS keepalive. Any final answer, even an error, proves
     /// the phone and its NAT mapping are there.
     pub(super) fn keepalive_outcome(&mut self, now: Instant, id: u64, answered: bool) {
-        self.keepalives_in_flight.remove(&id);
+        let silence = self.keepalives_in_flight.remove(&id);
         let Some(&flow) = self.keepalive_flows.get(&id) else { return };
         let unix = self.unix_now(now);
+        if let Some(s) = silence {
+            self.registrar.flow_learned(&flow, s, answered);
+        }
         if answered {
             self.registrar.flow_alive(&flow, unix);
             return;

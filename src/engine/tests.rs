@@ -774,3 +774,35 @@ fn a_subscription_is_a_dialog_its_notify_follows() {
     let out = sim.send("[2001:db8::77]:5060", notify);
     assert!(out.iter().any(|t| t.dest == sa(PRIMARY) && text(t).starts_with("NOTIFY ")), "{out:?}");
 }
+
+#[test]
+fn a_reload_keeps_the_call_applies_users_and_carriers_and_names_what_needs_a_restart() {
+    let mut sim = Sim::new();
+    let out = authed_invite(&mut sim, "+442079999999", "call-r");
+    let inv = out.iter().find(|t| t.dest == sa(PRIMARY)).unwrap().clone();
+    sim.send(PRIMARY, &respond(&inv, 200, "OK", Some("carrier9"), "Contact: <sip:gw@198.51.100.1:5060>\r\n"));
+    assert_eq!(sim.eng.dialogs().count(), 1);
+    // The primary carrier goes, a user arrives, a listener moves.
+    let old = Config::from_toml(CFG).unwrap();
+    let file = CFG.replacen("name = \"primary\"", "name = \"gone\"", 1).replace("port = 5060\n[[listen]]\ntransport = \"tcp\"\naddress = \"192.0.2.5\"", "port = 5070\n[[listen]]\ntransport = \"tcp\"\naddress = \"192.0.2.5\"")
+        + "[[users]]\nusername = \"dave\"\npassword = \"davesecret\"\n";
+    let new = Config::from_toml(&file).unwrap();
+    let r = sim.eng.reconfigure(sim.now, &old, &new);
+    assert!(r.applied.contains(&"users".to_string()) && r.applied.contains(&"carriers".to_string()), "{r:?}");
+    assert_eq!(r.restart_needed, ["listen"], "{r:?}");
+    assert_eq!(sim.eng.dialogs().count(), 1, "the call survives the reload");
+    assert_eq!(sim.eng.local_user("dave").as_deref(), Some("dave"));
+    // The call still ends normally through the retired carrier's slot.
+    let bye = "BYE sip:gw@198.51.100.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::10]:5062;branch=z9hG4bKbye-r;rport\r\n\
+        Route: <sip:[2001:db8::5]:5060;lr>\r\nRoute: <sip:192.0.2.5:5060;lr>\r\nMax-Forwards: 70\r\nFrom: <sip:alice@sixgate.test>;tag=caller1\r\n\
+        To: <sip:+442079999999@sixgate.test>;tag=carrier9\r\nCall-ID: call-r\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n";
+    let out = sim.send(PHONE, bye);
+    assert!(out.iter().any(|t| t.dest == sa(PRIMARY) && text(t).starts_with("BYE ")), "{out:?}");
+    // New calls to +44 go to the carriers still configured ("gone" replaced "primary" at the
+    // same address: the new carrier is tried, the retired slot never).
+    let out = authed_invite(&mut sim, "+442079999998", "call-s");
+    let inv = out.iter().find(|t| text(t).starts_with("INVITE ")).expect("forwarded");
+    assert_eq!(inv.dest, sa(PRIMARY), "the new carrier \"gone\" (priority 1) at that address");
+    assert_eq!(sim.eng.router.carriers().len(), 3, "primary retired in place, gone appended");
+    assert!(sim.eng.router.carriers()[0].prefixes.is_empty() && !sim.eng.router.is_up(0));
+}

@@ -10,6 +10,7 @@
 //! Must never: change a binding when it refuses a request, or hand out a binding whose flow it
 //! knows to be dead.
 
+pub mod diagnose;
 pub mod nat;
 pub mod store;
 
@@ -147,6 +148,11 @@ pub struct FlowState {
     pub missed: u32,
     /// Unix seconds of the last sign of life (a request or a keepalive answer).
     pub last_seen: u64,
+    /// What keepalives taught about the NAT's mapping: the longest silence (seconds since the
+    /// phone's last packet) after which a keepalive was still answered, and the shortest after
+    /// which one was not.
+    pub survived_secs: Option<u64>,
+    pub lost_after_secs: Option<u64>,
 }
 
 /// The bindings table.
@@ -397,6 +403,8 @@ impl Registrar {
                         nat: false,
                         missed: 0,
                         last_seen: b.registered_at,
+                        survived_secs: None,
+                        lost_after_secs: None,
                     });
                     f.bindings.push(b.store_key());
                     f.nat |= b.nat.is_some();
@@ -487,6 +495,18 @@ impl Registrar {
         }
     }
 
+    /// A keepalive sent after `silence` seconds without a packet from the phone was answered
+    /// (the NAT kept its mapping that long) or not.
+    pub fn flow_learned(&mut self, flow: &Flow, silence: u64, answered: bool) {
+        if let Some(f) = self.flows.get_mut(flow) {
+            if answered {
+                f.survived_secs = Some(f.survived_secs.map_or(silence, |s| s.max(silence)));
+            } else {
+                f.lost_after_secs = Some(f.lost_after_secs.map_or(silence, |s| s.min(silence)));
+            }
+        }
+    }
+
     /// A keepalive went unanswered; true when that makes `keepalive_failures` in a row.
     pub fn flow_missed(&mut self, flow: &Flow) -> bool {
         match self.flows.get_mut(flow) {
@@ -496,6 +516,11 @@ impl Registrar {
             }
             None => false,
         }
+    }
+
+    /// New settings (a reload): they judge the next REGISTERs; bindings stay as they are.
+    pub fn set_config(&mut self, cfg: RegistrarConfig) {
+        self.cfg = cfg;
     }
 
     pub fn config(&self) -> &RegistrarConfig {

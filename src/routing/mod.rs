@@ -60,6 +60,34 @@ impl Router {
         r
     }
 
+    /// Takes a new config's users, carriers and numbering plan (a reload). Carriers keep their
+    /// index: a carrier of the same name is replaced in place (its up/down state stays), a new
+    /// one is appended, and a removed one stays as a retired slot that matches no prefix and no
+    /// source and is not probed, so indexes held by calls under way stay valid.
+    pub fn reload(&mut self, cfg: &Config) {
+        let mut carriers: Vec<Carrier> = Vec::with_capacity(self.carriers.len().max(cfg.carriers.len()));
+        let mut up = Vec::with_capacity(carriers.capacity());
+        for (i, old) in self.carriers.iter().enumerate() {
+            match cfg.carriers.iter().find(|c| c.name == old.name) {
+                Some(c) => {
+                    carriers.push(c.clone());
+                    up.push(self.up[i] || c.probe_interval_secs == 0);
+                }
+                None => {
+                    carriers.push(Carrier { prefixes: Vec::new(), source_cidrs: Vec::new(), probe_interval_secs: 0, credentials: None, ..old.clone() });
+                    up.push(false);
+                }
+            }
+        }
+        for c in cfg.carriers.iter().filter(|c| !self.carriers.iter().any(|o| o.name == c.name)) {
+            carriers.push(c.clone());
+            up.push(true);
+        }
+        let mut fresh = Router::new(cfg);
+        (fresh.carriers, fresh.up) = (carriers, up);
+        *self = fresh;
+    }
+
     pub fn user(&self, username: &str) -> Option<&User> {
         self.by_name.get(username).map(|&i| &self.users[i]).filter(|u| u.username == username)
     }
