@@ -82,6 +82,7 @@ probe_interval_secs = 0
 ipv6 = "{EDGE6}"
 ipv4 = "{EDGE4}"
 media_timeout_secs = {media_timeout_secs}
+one_way_audio_secs = 2
 "#
     )
 }
@@ -258,6 +259,16 @@ fn an_ipv6_phone_calls_an_ipv4_carrier_early_media_hold_and_resume_with_audio_bo
     let carrier_sdp = bodies(&carrier_msgs);
     assert!(carrier_sdp.contains("c=IN IP4 203.0.113.1") && !carrier_sdp.contains("IP6") && !carrier_sdp.contains("2001:db8"), "{carrier_sdp}");
     assert!(carrier_sdp.contains("a=sendonly") && carrier_sdp.contains("a=sendrecv"), "hold and resume reached the carrier: {carrier_sdp}");
+    // Audio flowed both ways (or was on hold): never one-way. The call record has both
+    // directions' final figures.
+    assert!(!sg.log().contains("one-way audio"), "{}", sg.log());
+    let records = sg.call_records(1);
+    let r = records.iter().find(|r| r["disposition"] == "answered").unwrap_or_else(|| panic!("no record of the answered call: {records:?}"));
+    assert_eq!((r["caller"]["family"].as_str(), r["callee"]["family"].as_str(), r["carrier"].as_str(), r["end_reason"].as_str()), (Some("IPv6"), Some("IPv4"), Some("carrier4"), Some("BYE")), "{r}");
+    assert!(r["one_way_audio"].is_null() && r["answer_ms"].as_u64() > r["start_ms"].as_u64(), "{r}");
+    let m = &r["media"][0];
+    assert_eq!(m["final"], true, "{r}");
+    assert!(m["from_caller"]["packets"].as_u64().is_some_and(|p| p >= 55) && m["from_callee"]["packets"].as_u64().is_some_and(|p| p >= 40), "{r}");
     drop(sg);
 }
 
@@ -293,7 +304,7 @@ fn an_ipv4_carrier_calls_an_ipv6_phone_with_audio_both_ways() {
 #[test]
 fn a_call_whose_far_end_stops_sending_is_ended_by_the_media_timeout() {
     let n = net("tmo");
-    let sg = NetnsSixgate::start(&n.edge, format!("[{EDGE6}]:5060").parse().unwrap(), &config(3));
+    let sg = NetnsSixgate::start(&n.edge, format!("[{EDGE6}]:5060").parse().unwrap(), &config(6));
     // The carrier answers and stays silent; the phone keeps talking.
     let silent = Echo::start(n.carrier.udp_socket(format!("{CARRIER}:20000").parse().unwrap()), false);
     let mic = n.phone.udp_socket(format!("[{PHONE}]:40000").parse().unwrap());
@@ -301,10 +312,10 @@ fn a_call_whose_far_end_stops_sending_is_ended_by_the_media_timeout() {
     let phone = alice_calls(&n.phone, "media_phone_wait_bye.xml", PHONE, EDGE6.parse().unwrap(), "+442071234567");
     let ok = await_received(&phone, "SIP/2.0 200", 1);
     let relay6 = media_target(&ok);
-    // Talk until the BYE comes (at most 15 s: the timeout is 3 s).
+    // Talk until the BYE comes (at most 20 s: the timeout is 6 s).
     let start = Instant::now();
     let mut seq = 1;
-    while start.elapsed() < Duration::from_secs(15) && !received(&phone).iter().any(|m| m.starts_with("BYE ")) {
+    while start.elapsed() < Duration::from_secs(20) && !received(&phone).iter().any(|m| m.starts_with("BYE ")) {
         talk(&mic, relay6, seq, 10);
         seq += 10;
     }
@@ -314,6 +325,13 @@ fn a_call_whose_far_end_stops_sending_is_ended_by_the_media_timeout() {
     carrier.expect_success(Duration::from_secs(20));
     assert!(!silent.received().is_empty(), "the phone's audio reached the carrier while the call lasted");
     assert!(sg.log().contains("media timeout"), "{}", sg.log());
+    // Before the timeout, one-way audio was found (2 s) and recorded with the call.
+    let log = sg.log();
+    assert!(log.contains("one-way audio: nothing heard from the callee") && log.contains("no packet ever arrived from the callee"), "{log}");
+    let records = sg.call_records(1);
+    let r = records.iter().find(|r| r["disposition"] == "answered").unwrap_or_else(|| panic!("{records:?}"));
+    assert_eq!((r["end_reason"].as_str(), r["one_way_audio"]["silent"].as_str()), (Some("media timeout"), Some("callee")), "{r}");
+    assert_eq!(r["media"][0]["from_callee"]["packets"], 0, "{r}");
 }
 
 /// A phone behind a home NAT (IPv4, private LAN, masquerade), the IPv6 phone bob, and a

@@ -427,6 +427,26 @@ impl NetnsSixgate {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.0.join("sixgate.log")).unwrap_or_default()
     }
+
+    /// Its state directory (registration store, call records, control socket).
+    pub fn state(&self) -> PathBuf {
+        self.dir.0.join("state")
+    }
+
+    /// The call records written so far (one JSON value per line), waiting up to 5 s for at
+    /// least `count` (a record waits up to 2 s for the relay's final figures).
+    pub fn call_records(&self, count: usize) -> Vec<serde_json::Value> {
+        let mut records = Vec::new();
+        for _ in 0..50 {
+            let text = std::fs::read_to_string(self.state().join("calls.jsonl")).unwrap_or_default();
+            records = text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("call record is not JSON ({e}): {l}"))).collect();
+            if records.len() >= count {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        records
+    }
 }
 
 // ----- baresip -----
