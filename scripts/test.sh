@@ -22,6 +22,9 @@ missing=$(echo "$PEERS" | while read -r cmd pkg; do
     # sbin tools (dnsmasq, nft) may be installed but off a non-root PATH: look there too.
     if [ -n "$cmd" ] && ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ] && [ ! -x "/sbin/$cmd" ]; then echo "$pkg"; fi
 done | sort -u | tr '\n' ' ')
+# The metrics test parses the exposition with the Prometheus project's own parser (Debian's
+# python3 module, not a command).
+if [ ! -d /usr/lib/python3/dist-packages/prometheus_client ]; then missing="$missing python3-prometheus-client "; fi
 
 if [ -n "${missing% }" ]; then
     echo "test.sh: installing test peers: $missing"

@@ -24,14 +24,20 @@ fn json(socket: &std::path::Path, args: &[&str]) -> serde_json::Value {
 
 /// alice registers from a UDP socket on ::1 through the 401 round; returns the socket.
 fn register_alice(sg: u16) -> UdpSocket {
+    register(sg, "alice", "secret").expect("alice registers")
+}
+
+/// `user` registers from a UDP socket on ::1 through the 401 round: the socket, or the final
+/// status line.
+fn register(sg: u16, user: &str, password: &str) -> Result<UdpSocket, String> {
     let s = UdpSocket::bind("[::1]:0").unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let me = s.local_addr().unwrap();
     let req = |cseq: u32, auth: &str| {
         format!(
             "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKctl{cseq};rport\r\nMax-Forwards: 70\r\n\
-             From: <sip:alice@localhost>;tag=ctl1\r\nTo: <sip:alice@localhost>\r\nCall-ID: ctl-reg@test\r\nCSeq: {cseq} REGISTER\r\n\
-             Contact: <sip:alice@{me}>\r\n{auth}Expires: 600\r\nUser-Agent: ctl-test\r\nContent-Length: 0\r\n\r\n"
+             From: <sip:{user}@localhost>;tag=ctl1\r\nTo: <sip:{user}@localhost>\r\nCall-ID: ctl-reg-{user}@test\r\nCSeq: {cseq} REGISTER\r\n\
+             Contact: <sip:{user}@{me}>\r\n{auth}Expires: 600\r\nUser-Agent: ctl-test\r\nContent-Length: 0\r\n\r\n"
         )
     };
     let to = format!("[::1]:{sg}");
@@ -39,14 +45,37 @@ fn register_alice(sg: u16) -> UdpSocket {
     let mut buf = [0u8; 4096];
     let n = s.recv(&mut buf).unwrap();
     let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-    assert!(text.starts_with("SIP/2.0 401"), "{text}");
+    if !text.starts_with("SIP/2.0 401") {
+        return Err(text.lines().next().unwrap_or_default().to_string());
+    }
     let ch = text.lines().filter_map(|l| l.strip_prefix("WWW-Authenticate: ")).find_map(|v| Challenge::parse(v.as_bytes()).filter(|c| c.algorithm == sixgate::auth::Algorithm::Md5)).expect("MD5 challenge");
-    let cred = answer_challenge(&ch, "alice", "secret", b"REGISTER", "sip:localhost", "cn");
+    let cred = answer_challenge(&ch, user, password, b"REGISTER", "sip:localhost", "cn");
     s.send_to(req(2, &format!("Authorization: {cred}\r\n")).as_bytes(), &to).unwrap();
     let n = s.recv(&mut buf).unwrap();
     let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-    assert!(text.starts_with("SIP/2.0 200"), "{text}");
-    s
+    if !text.starts_with("SIP/2.0 200") {
+        return Err(text.lines().next().unwrap_or_default().to_string());
+    }
+    Ok(s)
+}
+
+/// GET /metrics, parsed by the Prometheus project's own text-format parser (Debian's
+/// python3-prometheus-client): every family with its type, or the parser's complaint.
+fn scrape_and_parse(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).expect("metrics listener");
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    c.read_to_string(&mut resp).unwrap();
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).expect("HTTP answer");
+    let script = "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\n\
+        for f in p(sys.stdin.read()):\n    for s in f.samples:\n        print(f.type, s.name, s.labels.get('reason', s.labels.get('kind', '')), s.value)\n";
+    let mut py = Command::new("/usr/bin/python3").args(["-c", script]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("/usr/bin/python3");
+    py.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = py.wait_with_output().unwrap();
+    assert!(out.status.success(), "the Prometheus parser refused the exposition: {}\n{body}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -57,17 +86,18 @@ fn ctl_shows_registrations_calls_and_stats_of_a_running_daemon() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("sixgate is not running"), "{err}");
 
-    let (sg_port, bob_port) = (free_port(), free_port());
+    let (sg_port, bob_port, metrics_port) = (free_port(), free_port(), free_port());
     let state = TempDir::new("ctl-state");
     let extra = format!(
         "[state]\ndir = \"{}\"\n[auth]\nrealm = \"localhost\"\nalgorithms = [\"MD5\"]\n\
          [[users]]\nusername = \"alice\"\npassword = \"secret\"\nnumbers = [\"+15550100\"]\n\
          [[users]]\nusername = \"bob\"\npassword = \"x\"\nnumbers = [\"+15550200\"]\ncontacts = [\"sip:bob@[::1]:{bob_port}\"]\n\
          [[carriers]]\nname = \"c1\"\nuri = \"sip:127.0.0.2:5060\"\nprefixes = [\"+44\"]\nsource_cidrs = [\"127.0.0.2/32\"]\nprobe_interval_secs = 0\n\
-         [media]\nipv6 = \"::1\"\nipv4 = \"127.0.0.1\"\n",
+         [media]\nipv6 = \"::1\"\nipv4 = \"127.0.0.1\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
         state.0.display()
     );
-    let _sg = Sixgate::start(sg_port, &loopback_config(sg_port, &extra));
+    let config = loopback_config(sg_port, &extra);
+    let sg = Sixgate::start(sg_port, &config);
     let socket = state.0.join("ctl.sock");
     {
         use std::os::unix::fs::PermissionsExt;
@@ -109,18 +139,55 @@ fn ctl_shows_registrations_calls_and_stats_of_a_running_daemon() {
     assert!(streams[0]["from_caller"]["packets"].is_u64(), "live relay counters: {c}");
     let (ok, table, _) = ctl(&socket, &["calls"]);
     assert!(ok && table.contains("confirmed") && table.contains("udp IPv4 127.0.0.2:"), "{table}");
+    // One call by its Call-ID; an unknown one is a one-line error.
+    let id = c["call_id"].as_str().unwrap().to_string();
+    let one = json(&socket, &["call", &id]);
+    assert_eq!(one["calls"].as_array().map(|c| c.len()), Some(1), "{one}");
+    assert_eq!(one["calls"][0]["call_id"].as_str(), Some(id.as_str()));
+    let (ok, _, err) = ctl(&socket, &["call", "no-such-call"]);
+    assert!(!ok && err.contains("no call with Call-ID no-such-call"), "{err}");
+
+    // Reload while the call runs: a bad file is refused by key and changes nothing; a good one
+    // adds a user, who can then register; the call goes on.
+    assert!(register(sg_port, "dave", "davepw").is_err(), "dave is not a user yet");
+    std::fs::write(sg.config_file(), format!("{config}[limits]\nmax_dialogs = \"many\"\n")).unwrap();
+    let (ok, _, err) = ctl(&socket, &["reload"]);
+    assert!(!ok && err.contains("limits.max_dialogs") && err.contains("not reloaded"), "{err}");
+    assert_eq!(json(&socket, &["registrations"])["registrations"].as_array().map(|r| r.len()), Some(1), "still serving");
+    std::fs::write(sg.config_file(), format!("{config}[[users]]\nusername = \"dave\"\npassword = \"davepw\"\n")).unwrap();
+    let reloaded = json(&socket, &["reload"]);
+    assert_eq!(reloaded["kind"], "reloaded", "{reloaded}");
+    assert!(reloaded["applied"].as_array().is_some_and(|a| a.iter().any(|x| x == "users")), "{reloaded}");
+    assert!(reloaded["restart_needed"].as_array().is_some_and(|a| a.is_empty()), "{reloaded}");
+    let _dave = register(sg_port, "dave", "davepw").expect("dave registers after the reload");
+    assert_eq!(json(&socket, &["calls"])["calls"].as_array().map(|c| c.len()), Some(1), "the call survived the reload");
+
+    // Diagnosis: alice registered from her own address (no NAT, no ALG); a stranger is refused.
+    let d = json(&socket, &["diagnose", "alice"]);
+    let topics: Vec<&str> = d["findings"].as_array().unwrap().iter().filter_map(|f| f["topic"].as_str()).collect();
+    assert_eq!(topics, ["no-nat"], "{d}");
+    let (ok, text, _) = ctl(&socket, &["diagnose", "+15550100"]);
+    assert!(ok && text.starts_with("alice: registered at sip:alice@[::1]:") && text.contains("[OK] no-nat") && text.contains("what to do: nothing to do"), "{text}");
+    let (ok, _, err) = ctl(&socket, &["diagnose", "mallory"]);
+    assert!(!ok && err.contains("mallory is not a local user"), "{err}");
+
+    // Metrics: the whole exposition parses with Prometheus' own parser, counters as counters.
+    let parsed = scrape_and_parse(([127, 0, 0, 1], metrics_port).into());
+    for line in ["counter sixgate_engine_one_way_audio_calls_total", "counter sixgate_engine_registrations_total", "gauge sixgate_relay_sessions", "counter sixgate_relay_dropped_packets_total strict_source", "counter sixgate_call_records_failed_total"] {
+        assert!(parsed.lines().any(|l| l.starts_with(line)), "{line} missing from the parsed metrics:\n{parsed}");
+    }
 
     // The engine's counters are exported about once a second: wait for them (bounded).
     let value = |stats: &serde_json::Value, name: &str| stats["counters"].as_array().and_then(|c| c.iter().find(|c| c[0] == name)).and_then(|c| c[1].as_f64());
     let mut stats = json(&socket, &["stats"]);
     for _ in 0..30 {
-        if value(&stats, "sixgate_engine_registrations_total") == Some(1.0) {
+        if value(&stats, "sixgate_engine_registrations_total") == Some(2.0) {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
         stats = json(&socket, &["stats"]);
     }
-    assert_eq!(value(&stats, "sixgate_engine_registrations_total"), Some(1.0), "{stats}");
+    assert_eq!(value(&stats, "sixgate_engine_registrations_total"), Some(2.0), "alice and dave: {stats}");
     assert_eq!(value(&stats, "sixgate_relay_sessions"), Some(1.0), "{stats}");
     assert_eq!(value(&stats, "sixgate_engine_active_calls{caller=\"ipv4\",callee=\"ipv6\"}"), Some(1.0), "{stats}");
     assert!(value(&stats, "sixgate_relay_dropped_packets_total{reason=\"strict_source\"}").is_some(), "{stats}");
@@ -128,4 +195,15 @@ fn ctl_shows_registrations_calls_and_stats_of_a_running_daemon() {
     carrier.expect_success(Duration::from_secs(30));
     bob.expect_success(Duration::from_secs(30));
     assert!(json(&socket, &["calls"])["calls"].as_array().unwrap().is_empty(), "the BYE ended the call");
+    // Its record, in the state directory.
+    let mut records = String::new();
+    for _ in 0..50 {
+        records = std::fs::read_to_string(state.0.join("calls.jsonl")).unwrap_or_default();
+        if !records.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r: serde_json::Value = serde_json::from_str(records.lines().next().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}: {records}"));
+    assert_eq!((r["call_id"].as_str(), r["disposition"].as_str(), r["carrier"].as_str(), r["to"].as_str().map(|t| t.contains("+15550200"))), (Some(id.as_str()), Some("answered"), Some("c1"), Some(true)), "{r}");
 }

@@ -39,7 +39,7 @@ pub fn tool(name: &str) -> PathBuf {
 pub struct Sixgate {
     child: Child,
     pub port: u16,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Drop for Sixgate {
@@ -97,9 +97,14 @@ impl Sixgate {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn sixgate");
-        let mut sg = Sixgate { child, port, _dir: dir };
+        let mut sg = Sixgate { child, port, dir };
         sg.wait_ready();
         sg
+    }
+
+    /// The config file it runs with (rewrite it, then reload).
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.0.join("sixgate.toml")
     }
 
     fn wait_ready(&mut self) {
