@@ -3,8 +3,7 @@
 //! (parsed), and a clear one-line error when no daemon runs.
 
 mod common;
-use common::{free_port, loopback_config, sipp, Sixgate, TempDir};
-use sixgate::auth::{answer_challenge, Challenge};
+use common::{free_port, loopback_config, register_digest, sipp, Sixgate, TempDir};
 use std::net::UdpSocket;
 use std::process::Command;
 use std::time::Duration;
@@ -31,32 +30,7 @@ fn register_alice(sg: u16) -> UdpSocket {
 /// status line.
 fn register(sg: u16, user: &str, password: &str) -> Result<UdpSocket, String> {
     let s = UdpSocket::bind("[::1]:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let me = s.local_addr().unwrap();
-    let req = |cseq: u32, auth: &str| {
-        format!(
-            "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKctl{cseq};rport\r\nMax-Forwards: 70\r\n\
-             From: <sip:{user}@localhost>;tag=ctl1\r\nTo: <sip:{user}@localhost>\r\nCall-ID: ctl-reg-{user}@test\r\nCSeq: {cseq} REGISTER\r\n\
-             Contact: <sip:{user}@{me}>\r\n{auth}Expires: 600\r\nUser-Agent: ctl-test\r\nContent-Length: 0\r\n\r\n"
-        )
-    };
-    let to = format!("[::1]:{sg}");
-    s.send_to(req(1, "").as_bytes(), &to).unwrap();
-    let mut buf = [0u8; 4096];
-    let n = s.recv(&mut buf).unwrap();
-    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-    if !text.starts_with("SIP/2.0 401") {
-        return Err(text.lines().next().unwrap_or_default().to_string());
-    }
-    let ch = text.lines().filter_map(|l| l.strip_prefix("WWW-Authenticate: ")).find_map(|v| Challenge::parse(v.as_bytes()).filter(|c| c.algorithm == sixgate::auth::Algorithm::Md5)).expect("MD5 challenge");
-    let cred = answer_challenge(&ch, user, password, b"REGISTER", "sip:localhost", "cn");
-    s.send_to(req(2, &format!("Authorization: {cred}\r\n")).as_bytes(), &to).unwrap();
-    let n = s.recv(&mut buf).unwrap();
-    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-    if !text.starts_with("SIP/2.0 200") {
-        return Err(text.lines().next().unwrap_or_default().to_string());
-    }
-    Ok(s)
+    register_digest(&s, format!("[::1]:{sg}").parse().unwrap(), "localhost", user, password).map(|()| s)
 }
 
 /// GET /metrics, parsed by the Prometheus project's own text-format parser (Debian's
@@ -110,7 +84,7 @@ fn ctl_shows_registrations_calls_and_stats_of_a_running_daemon() {
     let list = regs["registrations"].as_array().expect("registrations");
     assert_eq!(list.len(), 1, "{regs}");
     let r = &list[0];
-    assert_eq!((r["aor"].as_str(), r["transport"].as_str(), r["user_agent"].as_str()), (Some("alice"), Some("udp"), Some("ctl-test")));
+    assert_eq!((r["aor"].as_str(), r["transport"].as_str(), r["user_agent"].as_str()), (Some("alice"), Some("udp"), Some("sixgate-test")));
     assert!(r["nat"].is_null(), "a phone on its own address is not behind NAT: {r}");
     assert!(r["expires_in"].as_u64().is_some_and(|e| e > 500 && e <= 600), "{r}");
     assert!(json(&socket, &["registrations", "bob"])["registrations"].as_array().unwrap().is_empty());

@@ -500,3 +500,35 @@ pub fn silence_wav(rate: u32, secs: u32) -> Vec<u8> {
     w.resize(w.len() + data as usize, 0);
     w
 }
+
+/// `user` registers through the 401 round from `sock` (Via and Contact name `sock`'s own
+/// address, as a phone writes them), to `to` in `domain`. Ok, or the final status line.
+pub fn register_digest(sock: &UdpSocket, to: SocketAddr, domain: &str, user: &str, password: &str) -> Result<(), String> {
+    use sixgate::auth::{answer_challenge, Algorithm, Challenge};
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let me = sock.local_addr().unwrap();
+    let req = |cseq: u32, auth: &str| {
+        format!(
+            "REGISTER sip:{domain} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKreg{user}{cseq};rport\r\nMax-Forwards: 70\r\n\
+             From: <sip:{user}@{domain}>;tag=reg1\r\nTo: <sip:{user}@{domain}>\r\nCall-ID: reg-{user}@test\r\nCSeq: {cseq} REGISTER\r\n\
+             Contact: <sip:{user}@{me}>\r\n{auth}Expires: 600\r\nUser-Agent: sixgate-test\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let mut buf = [0u8; 4096];
+    let mut answer = |text: String| -> Result<String, String> {
+        sock.send_to(text.as_bytes(), to).map_err(|e| e.to_string())?;
+        let n = recv_retrying(sock, &mut buf, "REGISTER answer");
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    let text = answer(req(1, ""))?;
+    if !text.starts_with("SIP/2.0 401") {
+        return Err(text.lines().next().unwrap_or_default().to_string());
+    }
+    let ch = text.lines().filter_map(|l| l.strip_prefix("WWW-Authenticate: ")).find_map(|v| Challenge::parse(v.as_bytes()).filter(|c| c.algorithm == Algorithm::Md5)).ok_or("no MD5 challenge")?;
+    let cred = answer_challenge(&ch, user, password, b"REGISTER", &format!("sip:{domain}"), "cn");
+    let text = answer(req(2, &format!("Authorization: {cred}\r\n")))?;
+    if !text.starts_with("SIP/2.0 200") {
+        return Err(text.lines().next().unwrap_or_default().to_string());
+    }
+    Ok(())
+}
