@@ -292,7 +292,7 @@ pub async fn run(mut engine: Engine, mut messages: mpsc::Receiver<Delivery>, mut
             Some(ask) = ctl.recv() => {
                 let now = Instant::now().into_std();
                 let reply = match ask.request {
-                    crate::ctl::Request::Reload => reload(&mut engine, &mut io, now),
+                    crate::ctl::Request::Reload { file, config } => reload(&mut engine, &mut io, now, file, config),
                     _ => crate::ctl::snapshot(&engine, now, &ask.request),
                 };
                 let _ = ask.reply.send(reply);
@@ -304,12 +304,19 @@ pub async fn run(mut engine: Engine, mut messages: mpsc::Receiver<Delivery>, mut
 
 /// Re-reads the config file and applies it (`sixgate ctl reload`, SIGHUP); a bad file changes
 /// nothing and the answer names every problem.
-fn reload(engine: &mut Engine, io: &mut Io, now: std::time::Instant) -> crate::ctl::Reply {
+fn reload(engine: &mut Engine, io: &mut Io, now: std::time::Instant, named: Option<String>, text: Option<String>) -> crate::ctl::Reply {
     use crate::ctl::Reply;
-    let Some(file) = io.config_file.clone() else {
-        return Reply::Error { error: "sixgate runs on its embedded defaults (started without -c FILE): there is no file to reload".into() };
+    let file = match (&text, named, &io.config_file) {
+        (Some(_), Some(f), _) => std::path::PathBuf::from(f),
+        (Some(_), None, _) => std::path::PathBuf::from("(config handed over)"),
+        (None, _, Some(f)) => f.clone(),
+        (None, _, None) => return Reply::Error { error: "sixgate runs on its embedded defaults (started without -c FILE): there is no file to reload".into() },
     };
-    let new = match crate::config::Config::from_file(&file) {
+    let parsed = match &text {
+        Some(t) => crate::config::Config::from_toml(t),
+        None => crate::config::Config::from_file(&file),
+    };
+    let new = match parsed {
         Ok(c) => c,
         Err(errs) => {
             let list: Vec<String> = errs.0.iter().map(|i| format!("  {i}")).collect();

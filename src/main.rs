@@ -9,7 +9,7 @@ usage: sixgate run [-c FILE]        serve (embedded loopback defaults without -c
        sixgate check-config FILE    validate a config file; exit 1 listing every problem
        sixgate print-defaults       print the embedded default config
        sixgate ctl [--json] [--socket PATH | -c FILE] registrations [USER] | calls | call CALL-ID
-                                    | diagnose USER | stats | reload
+                                    | diagnose USER | stats | reload [FILE]
                                     ask the running daemon (its control socket: --socket, else
                                     $RUNTIME_DIRECTORY/ctl.sock, else /run/sixgate/ctl.sock, else
                                     the state directory of -c FILE or of the defaults)
@@ -62,7 +62,14 @@ fn ctl(args: &[String]) -> ExitCode {
         ["call", id] => Request::Call { call_id: id.to_string() },
         ["diagnose", user] => Request::Diagnose { user: user.to_string() },
         ["stats"] => Request::Stats,
-        ["reload"] => Request::Reload,
+        ["reload"] => Request::Reload { file: None, config: None },
+        ["reload", file] => match std::fs::read_to_string(file) {
+            Ok(text) => Request::Reload { file: Some(file.to_string()), config: Some(text) },
+            Err(e) => {
+                eprintln!("sixgate ctl: cannot read {file}: {e}");
+                return ExitCode::from(1);
+            }
+        },
         _ => return usage(),
     };
     let socket = match (socket, config) {

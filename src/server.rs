@@ -348,7 +348,7 @@ async fn reload_on_sighup(engine: tokio::sync::mpsc::Sender<crate::ctl::Ask>) {
     };
     while hup.recv().await.is_some() {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if engine.send(crate::ctl::Ask { request: crate::ctl::Request::Reload, reply: tx }).await.is_err() {
+        if engine.send(crate::ctl::Ask { request: crate::ctl::Request::Reload { file: None, config: None }, reply: tx }).await.is_err() {
             return;
         }
         if let Ok(crate::ctl::Reply::Error { error }) = rx.await {

@@ -134,6 +134,12 @@ fn ctl_shows_registrations_calls_and_stats_of_a_running_daemon() {
     assert!(reloaded["applied"].as_array().is_some_and(|a| a.iter().any(|x| x == "users")), "{reloaded}");
     assert!(reloaded["restart_needed"].as_array().is_some_and(|a| a.is_empty()), "{reloaded}");
     let _dave = register(sg_port, "dave", "davepw").expect("dave registers after the reload");
+    // The packaged unit's way: root hands over the text of a file the service cannot read.
+    let handed = state.0.join("handed.toml");
+    std::fs::write(&handed, format!("{config}[[users]]\nusername = \"dave\"\npassword = \"davepw\"\n[[users]]\nusername = \"erin\"\npassword = \"erinpw\"\n")).unwrap();
+    let reloaded = json(&socket, &["reload", handed.to_str().unwrap()]);
+    assert_eq!((reloaded["kind"].as_str(), reloaded["file"].as_str()), (Some("reloaded"), handed.to_str()), "{reloaded}");
+    let _erin = register(sg_port, "erin", "erinpw").expect("erin registers after the handed-over reload");
     assert_eq!(json(&socket, &["calls"])["calls"].as_array().map(|c| c.len()), Some(1), "the call survived the reload");
 
     // Diagnosis: alice registered from her own address (no NAT, no ALG); a stranger is refused.
@@ -155,13 +161,13 @@ fn ctl_shows_registrations_calls_and_stats_of_a_running_daemon() {
     let value = |stats: &serde_json::Value, name: &str| stats["counters"].as_array().and_then(|c| c.iter().find(|c| c[0] == name)).and_then(|c| c[1].as_f64());
     let mut stats = json(&socket, &["stats"]);
     for _ in 0..30 {
-        if value(&stats, "sixgate_engine_registrations_total") == Some(2.0) {
+        if value(&stats, "sixgate_engine_registrations_total") == Some(3.0) {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
         stats = json(&socket, &["stats"]);
     }
-    assert_eq!(value(&stats, "sixgate_engine_registrations_total"), Some(2.0), "alice and dave: {stats}");
+    assert_eq!(value(&stats, "sixgate_engine_registrations_total"), Some(3.0), "alice, dave and erin: {stats}");
     assert_eq!(value(&stats, "sixgate_relay_sessions"), Some(1.0), "{stats}");
     assert_eq!(value(&stats, "sixgate_engine_active_calls{caller=\"ipv4\",callee=\"ipv6\"}"), Some(1.0), "{stats}");
     assert!(value(&stats, "sixgate_relay_dropped_packets_total{reason=\"strict_source\"}").is_some(), "{stats}");

@@ -324,6 +324,8 @@ struct Outcome {
     phone_logs: Vec<String>,
     sixgate_log: String,
     conntrack_before_calls: String,
+    /// `sixgate ctl diagnose` of the first phone, taken after the idle time.
+    diagnosis: serde_json::Value,
 }
 
 impl Outcome {
@@ -355,10 +357,18 @@ fn run(tag: &str, k: u8, keepalive_secs: u32) -> Outcome {
     }
     std::thread::sleep(IDLE);
     let conntrack_before_calls = nat.home.conntrack();
+    // What `sixgate ctl diagnose` learned about the first phone's NAT while it idled.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sixgate"))
+        .args(["ctl", "--json", "--socket"])
+        .arg(state.0.join("state").join("ctl.sock"))
+        .args(["diagnose", USERS[0].0])
+        .output()
+        .expect("sixgate ctl");
+    let diagnosis: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("ctl diagnose: {e}: {}", String::from_utf8_lossy(&out.stderr)));
     let mut sipps: Vec<CarrierCall> =
         USERS.into_iter().enumerate().map(|(i, (_, _, number))| CarrierCall::start(&nat, sg_addr, 5071 + i as u16, number, &nat.phone_ip(i))).collect();
     let calls = sipps.iter_mut().map(CarrierCall::finish).collect();
-    Outcome { calls, phone_logs: phones.iter().map(Phone::log).collect(), sixgate_log: sg.log(), conntrack_before_calls }
+    Outcome { calls, phone_logs: phones.iter().map(Phone::log).collect(), sixgate_log: sg.log(), conntrack_before_calls, diagnosis }
 }
 
 #[test]
@@ -376,6 +386,13 @@ fn keepalives_hold_the_nat_open_and_a_carrier_reaches_both_phones_after_idling()
         // The NAT stayed open because sixgate pinged the phone, not by chance.
         assert!(phone.contains("\nOPTIONS sip:"), "{} never received a keepalive OPTIONS:\n{}", USERS[i].0, o.report());
     }
+    // Diagnosis: behind NAT, no ALG, and the mapping held through the keepalives' silences.
+    let findings = o.diagnosis["findings"].as_array().cloned().unwrap_or_default();
+    let topic = |t: &str| findings.iter().find(|f| f["topic"] == t).cloned();
+    assert!(topic("nat").is_some() && topic("sip-alg").is_none(), "{}", o.diagnosis);
+    let lifetime = topic("nat-lifetime").unwrap_or_else(|| panic!("{}", o.diagnosis));
+    assert_eq!(lifetime["level"], "ok", "{}", o.diagnosis);
+    assert!(lifetime["seen"].as_str().is_some_and(|s| s.contains("keepalives every 20 s were all answered")), "{}", o.diagnosis);
 }
 
 #[test]
@@ -390,4 +407,7 @@ fn without_keepalives_the_nat_forgets_the_phones_and_the_carrier_calls_fail() {
             o.report()
         );
     }
+    // Without keepalives nothing was learned about the mapping.
+    let findings = o.diagnosis["findings"].as_array().cloned().unwrap_or_default();
+    assert!(findings.iter().any(|f| f["topic"] == "nat-lifetime" && f["seen"].as_str().is_some_and(|s| s.contains("not known yet"))), "{}", o.diagnosis);
 }

@@ -20,8 +20,15 @@ pub enum Request {
     /// NAT and SIP ALG findings for one local user's phone.
     Diagnose { user: String },
     Stats,
-    /// Re-read the config file (as SIGHUP does).
-    Reload,
+    /// Re-read the config file (as SIGHUP does), or take `config` (the text of `file`, read by
+    /// the caller: root only, so a unit's `ExecReload=+` can pass /etc/sixgate/sixgate.toml to a
+    /// service that may not read it).
+    Reload {
+        #[serde(default)]
+        file: Option<String>,
+        #[serde(default)]
+        config: Option<String>,
+    },
 }
 
 /// The daemon's answer.
@@ -251,6 +258,9 @@ pub fn counters(exposition: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
+/// The longest request line (a config handed over by `ctl reload FILE` included).
+const MAX_REQUEST: usize = 16 << 20;
+
 /// A snapshot request from the control socket to the engine's owner task.
 pub struct Ask {
     pub request: Request,
@@ -263,15 +273,18 @@ pub async fn serve(listener: tokio::net::UnixListener, engine: tokio::sync::mpsc
     let metrics = std::sync::Arc::new(metrics);
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
+        let root = stream.peer_cred().is_ok_and(|c| c.uid() == 0);
         let (engine, relay, metrics) = (engine.clone(), relay.clone(), metrics.clone());
         tokio::spawn(async move {
             use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
             let (rd, mut wr) = stream.into_split();
             let mut line = String::new();
-            let read = tokio::time::timeout(std::time::Duration::from_secs(5), tokio::io::BufReader::new(rd).read_line(&mut line)).await;
+            // One line; a config handed over may be large (many users), anything else is short.
+            let read = tokio::time::timeout(std::time::Duration::from_secs(5), tokio::io::AsyncReadExt::take(tokio::io::BufReader::new(rd), MAX_REQUEST as u64 + 1).read_line(&mut line)).await;
             let reply = match (read, serde_json::from_str::<Request>(&line)) {
-                (Ok(Ok(n)), _) if n > 4096 => Reply::Error { error: "request too long".into() },
+                (Ok(Ok(n)), _) if n > MAX_REQUEST => Reply::Error { error: "request too long".into() },
                 (Ok(Ok(_)), Ok(Request::Stats)) => Reply::Stats { counters: counters(&metrics()) },
+                (Ok(Ok(_)), Ok(Request::Reload { config: Some(_), .. })) if !root => Reply::Error { error: "only root may hand sixgate a config (others may `reload` its own file)".into() },
                 (Ok(Ok(_)), Ok(request)) => ask(&engine, request, relay.as_deref()).await,
                 (Ok(Ok(_)), Err(e)) => Reply::Error { error: format!("bad request: {e}") },
                 _ => return,
@@ -371,7 +384,7 @@ pub fn snapshot(engine: &crate::engine::Engine, now: std::time::Instant, request
             }
         }
         // Answered by the driver (it holds the config).
-        Request::Reload => Reply::Error { error: "reload is the driver's to answer".into() },
+        Request::Reload { .. } => Reply::Error { error: "reload is the driver's to answer".into() },
         Request::Calls => {
             let leg = |l: &crate::engine::dialog::Leg| CallLeg {
                 transport: format!("{:?}", l.transport).to_ascii_lowercase(),
