@@ -365,8 +365,7 @@ impl Engine {
         let Some(user) = self.latch_watch.get(&session) else { return };
         let at = self.unix_now(now);
         if let Some(e) = self.phones.get_mut(user) {
-            let sdp = e.invite.as_ref().and_then(|i| i.sdp);
-            e.media = Some(crate::registrar::diagnose::MediaSeen { at, sdp, latched: from });
+            e.media = Some(crate::registrar::diagnose::MediaSeen { at, latched: from });
         }
     }
 

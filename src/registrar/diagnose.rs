@@ -24,8 +24,9 @@ pub struct Signaling {
     pub via_rport: Option<u16>,
     /// The first Contact's host and port, when an IP literal.
     pub contact: Option<(IpAddr, u16)>,
-    /// The SDP's first active stream (`c=` address, `m=` port), for an INVITE with an offer.
-    pub sdp: Option<SocketAddr>,
+    /// The body (an INVITE's SDP offer), kept as received (a slice of the message, no copy)
+    /// and parsed only when a diagnosis asks: the call path pays nothing for it.
+    pub body: bytes::Bytes,
     /// Content-Length declared and body bytes received, when they differ.
     pub length_mismatch: Option<(usize, usize)>,
     pub user_agent: Option<String>,
@@ -46,10 +47,6 @@ impl Signaling {
         let received = msg.bytes().len().saturating_sub(msg.body.start as usize);
         let extra = msg.bytes().get(msg.body.end as usize..).unwrap_or_default();
         let rewritten = !reliable && extra.iter().any(|b| !b.is_ascii_whitespace());
-        let sdp = (!body.is_empty())
-            .then(|| crate::media::sdp::Sdp::parse(body).ok())
-            .flatten()
-            .and_then(|s| s.media.iter().find(|m| m.port != 0 && !m.addr.is_unspecified()).map(|m| SocketAddr::new(m.addr, m.port)));
         let declared = msg.header_value(crate::message::HeaderName::ContentLength).and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.trim().parse::<usize>().ok());
         Signaling {
             at,
@@ -58,10 +55,18 @@ impl Signaling {
             via: via.host.ip().map(|ip| (ip, via.port.unwrap_or(5060))),
             via_rport: rport,
             contact: contact.and_then(|u| crate::config::TargetUri::parse(u).ok()).and_then(|u| u.ip.map(|ip| (ip, u.port.unwrap_or(5060)))),
-            sdp,
+            body: msg.body_bytes(),
             length_mismatch: declared.filter(|_| rewritten).map(|d| (d, received)),
             user_agent: msg.headers.iter().find(|h| msg.slice(h.name_span).eq_ignore_ascii_case(b"User-Agent")).map(|h| msg.text(h.value).into_owned()),
         }
+    }
+}
+
+impl Signaling {
+    /// The SDP's first active stream (`c=` address, `m=` port), for a request with an offer.
+    pub fn sdp(&self) -> Option<SocketAddr> {
+        let sdp = crate::media::sdp::Sdp::parse(&self.body).ok()?;
+        sdp.media.iter().find(|m| m.port != 0 && !m.addr.is_unspecified()).map(|m| SocketAddr::new(m.addr, m.port))
     }
 }
 
@@ -69,9 +74,7 @@ impl Signaling {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MediaSeen {
     pub at: u64,
-    /// The address its SDP offered.
-    pub sdp: Option<SocketAddr>,
-    /// The source the relay latched to (its first RTP).
+    /// The source of the first packet the relay accepted from it.
     pub latched: SocketAddr,
 }
 
@@ -134,7 +137,7 @@ pub fn diagnose(user: &str, e: &Evidence, flow: Option<&FlowView>) -> Vec<Findin
     // A SIP ALG rewrites what it understands: the Contact (or SDP) shows the router's public
     // address while the Via still names the phone's private one.
     let alg_contact = via_off.is_some() && reg.contact.is_some_and(|c| same(c.0));
-    let alg_sdp = e.invite.as_ref().is_some_and(|i| i.via.is_some_and(|v| !same_as(v.0, i.source)) && i.sdp.is_some_and(|s| same_as(s.ip(), i.source)));
+    let alg_sdp = e.invite.as_ref().is_some_and(|i| i.via.is_some_and(|v| !same_as(v.0, i.source)) && i.sdp().is_some_and(|s| same_as(s.ip(), i.source)));
     let alg_rport = reg.via_rport.filter(|&p| p != src.port() && !reg.reliable);
     let alg_length = e.invite.as_ref().and_then(|i| i.length_mismatch);
     if alg_contact || alg_sdp || alg_rport.is_some() || alg_length.is_some() {
@@ -210,20 +213,22 @@ pub fn diagnose(user: &str, e: &Evidence, flow: Option<&FlowView>) -> Vec<Findin
         }
     }
     if let Some(m) = &e.media {
-        let symmetric = m.sdp.is_some_and(|s| s == m.latched);
-        let seen = match m.sdp {
+        // The offer of the last call it placed: the call this media belongs to.
+        let offered = e.invite.as_ref().and_then(Signaling::sdp);
+        let symmetric = offered.is_some_and(|s| s == m.latched);
+        let seen = match offered {
             Some(s) if s == m.latched => format!("its last call's RTP came from {} as its SDP announced: symmetric RTP, no translation", m.latched),
             Some(s) if s.ip() == m.latched.ip() => format!("its last call's RTP came from {} but its SDP announced port {}: it does not send from the port it receives on", m.latched, s.port()),
             Some(s) => format!("its last call's RTP came from {} while its SDP announced {s}: the NAT translates its media (the relay latched to the real source)", m.latched),
             None => format!("its last call's RTP came from {}", m.latched),
         };
-        out.push(if symmetric || m.sdp.is_some_and(|s| s.ip() != m.latched.ip()) {
+        out.push(if symmetric || offered.is_some_and(|s| s.ip() != m.latched.ip()) {
             finding(if symmetric { "ok" } else { "info" }, "symmetric-rtp", seen, "nothing to do: the relay sends back to where the RTP comes from")
         } else {
             finding("warning", "asymmetric-rtp", seen, "enable \"symmetric RTP\" on the phone; the relay latches to the real source, but peers without a relay will not reach it")
         });
     } else if let Some(i) = &e.invite {
-        if i.sdp.is_some() {
+        if i.sdp().is_some() {
             out.push(finding(
                 "info",
                 "rtp",
@@ -248,7 +253,7 @@ mod tests {
             let x: SocketAddr = s.parse().unwrap();
             (x.ip(), x.port())
         };
-        Signaling { at: 0, reliable: false, source: source.parse().unwrap(), via: Some(a(via)), via_rport: None, contact: Some(a(contact)), sdp: None, length_mismatch: None, user_agent: None }
+        Signaling { at: 0, reliable: false, source: source.parse().unwrap(), via: Some(a(via)), via_rport: None, contact: Some(a(contact)), body: Default::default(), length_mismatch: None, user_agent: None }
     }
 
     fn topics(f: &[Finding]) -> Vec<&str> {
@@ -291,10 +296,12 @@ mod tests {
     #[test]
     fn rtp_from_where_the_sdp_said_is_symmetric() {
         let reg = Some(sig("[2001:db8::10]:5060", "[2001:db8::10]:5060", "[2001:db8::10]:5060"));
-        let media = |sdp: &str, latched: &str| Some(MediaSeen { at: 0, sdp: Some(sdp.parse().unwrap()), latched: latched.parse().unwrap() });
-        let f = diagnose("bob", &Evidence { register: reg.clone(), media: media("[2001:db8::10]:4000", "[2001:db8::10]:4000"), ..Default::default() }, None);
+        let mut invite = sig("[2001:db8::10]:5060", "[2001:db8::10]:5060", "[2001:db8::10]:5060");
+        invite.body = bytes::Bytes::from_static(b"v=0\r\no=- 1 1 IN IP6 2001:db8::10\r\ns=-\r\nc=IN IP6 2001:db8::10\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n");
+        let media = |latched: &str| Some(MediaSeen { at: 0, latched: latched.parse().unwrap() });
+        let f = diagnose("bob", &Evidence { register: reg.clone(), invite: Some(invite.clone()), media: media("[2001:db8::10]:4000") }, None);
         assert!(f.iter().any(|f| f.topic == "symmetric-rtp" && f.level == "ok"), "{f:?}");
-        let f = diagnose("bob", &Evidence { register: reg, media: media("[2001:db8::10]:4000", "[2001:db8::10]:4100"), ..Default::default() }, None);
+        let f = diagnose("bob", &Evidence { register: reg, invite: Some(invite), media: media("[2001:db8::10]:4100") }, None);
         assert!(f.iter().any(|f| f.topic == "asymmetric-rtp"), "{f:?}");
     }
 
