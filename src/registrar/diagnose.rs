@@ -41,7 +41,6 @@ impl Signaling {
             _ => None,
         };
         let rport = via.rport.and_then(|s| std::str::from_utf8(msg.slice(s)).ok()).and_then(|t| t.split_once('=')).and_then(|(_, v)| v.trim().parse().ok());
-        let body = msg.slice(msg.body);
         // On a datagram, octets past Content-Length are discarded (RFC 3261 §18.3): more of
         // them than the header admits is a body something rewrote without fixing the header.
         let received = msg.bytes().len().saturating_sub(msg.body.start as usize);
