@@ -235,7 +235,7 @@ pub(super) struct PendingRecord {
 
 impl Engine {
     /// Unix milliseconds at `now`.
-    fn unix_ms(&self, now: Instant) -> u64 {
+    pub(super) fn unix_ms(&self, now: Instant) -> u64 {
         let since = self.epoch.map_or(Duration::ZERO, |e| now.saturating_duration_since(e));
         self.unix_at_epoch.saturating_mul(1000).saturating_add(since.as_millis() as u64)
     }
@@ -355,30 +355,6 @@ impl Engine {
         self.schedule(TimerRef::Record(id), Some(now + RECORD_WAIT));
     }
 
-    /// The record of an INVITE that got a final answer other than 2xx.
-    pub(super) fn record_unanswered(&mut self, now: Instant, r: UnansweredCall) {
-        let end_ms = self.unix_ms(now);
-        let record = CallRecord {
-            call_id: r.call_id,
-            start_ms: self.unix_ms(r.started),
-            answer_ms: None,
-            end_ms,
-            duration_ms: 0,
-            from: r.from,
-            to: r.to,
-            user: r.user,
-            carrier: r.carrier,
-            caller: r.caller,
-            callee: r.callee,
-            disposition: disposition(r.status, r.cancelled),
-            status: r.status,
-            end_reason: None,
-            one_way_audio: None,
-            media: Vec::new(),
-        };
-        self.event(Event::CallRecord(Box::new(record)));
-    }
-
     /// A relay session's final statistics (its `Closed` event).
     pub(super) fn on_media_closed(&mut self, session: SessionId, stats: SessionStats) {
         let Some(id) = self.record_of_session.remove(&session) else { return };
@@ -406,20 +382,6 @@ impl Engine {
             self.event(Event::CallRecord(Box::new(p.record)));
         }
     }
-}
-
-/// What the proxy knows of an INVITE that failed, for its record.
-pub(super) struct UnansweredCall {
-    pub call_id: String,
-    pub started: Instant,
-    pub from: String,
-    pub to: String,
-    pub user: Option<String>,
-    pub carrier: Option<String>,
-    pub caller: RecordLeg,
-    pub callee: Option<RecordLeg>,
-    pub status: u16,
-    pub cancelled: bool,
 }
 
 #[cfg(test)]

@@ -1184,29 +1184,35 @@ impl Engine {
                 408
             }
         };
-        if let Some(call) = self.unanswered(ctx_id, status) {
-            self.record_unanswered(now, call);
+        if let Some(record) = self.unanswered(now, ctx_id, status) {
+            self.event(Event::CallRecord(Box::new(record)));
         }
         self.retire_if_answered(ctx_id);
     }
 
-    /// A new INVITE's record data at its final non-2xx answer (`None` for other requests).
-    fn unanswered(&self, ctx_id: u64, status: u16) -> Option<super::calls::UnansweredCall> {
+    /// A new INVITE's call record at its final non-2xx answer (`None` for other requests).
+    fn unanswered(&self, now: Instant, ctx_id: u64, status: u16) -> Option<super::calls::CallRecord> {
         let ctx = self.contexts.get(&ctx_id)?;
         let request = ctx.request.as_ref().filter(|_| ctx.is_invite && ctx.dialog.is_none())?;
         let last = ctx.branches.last();
         let carrier = last.and_then(|b| b.candidate.carrier).or(ctx.carrier_origin);
-        Some(super::calls::UnansweredCall {
+        Some(super::calls::CallRecord {
             call_id: request.text(request.call_id).into_owned(),
-            started: ctx.started,
+            start_ms: self.unix_ms(ctx.started),
+            answer_ms: None,
+            end_ms: self.unix_ms(now),
+            duration_ms: 0,
             from: request.text(request.from.uri.span).into_owned(),
             to: request.text(request.to.uri.span).into_owned(),
             user: ctx.user.clone(),
             carrier: carrier.map(|c| self.router.carriers()[c].name.clone()),
             caller: super::calls::RecordLeg::of(&super::dialog::Leg { transport: ctx.from.transport, local: ctx.from.local, remote: ctx.from.remote }),
             callee: last.map(|b| super::calls::RecordLeg::of(&super::dialog::Leg { transport: b.hop.transport, local: b.hop.local, remote: b.hop.dest })),
+            disposition: super::calls::disposition(status, ctx.cancelled),
             status,
-            cancelled: ctx.cancelled,
+            end_reason: None,
+            one_way_audio: None,
+            media: Vec::new(),
         })
     }
 

@@ -35,12 +35,8 @@ pub struct Signaling {
 impl Signaling {
     /// What a request shows of its sender.
     pub fn of(msg: &crate::message::Message, source: SocketAddr, reliable: bool, at: u64) -> Signaling {
-        let via = msg.top_via();
-        let contact = match &msg.contacts {
-            crate::message::ContactList::Addrs(v) => v.first().and_then(|c| std::str::from_utf8(msg.slice(c.uri.span)).ok()),
-            _ => None,
-        };
-        let rport = via.rport.and_then(|s| std::str::from_utf8(msg.slice(s)).ok()).and_then(|t| t.split_once('=')).and_then(|(_, v)| v.trim().parse().ok());
+        let (via_addr, contact) = super::nat::declared_addrs(msg);
+        let rport = msg.top_via().rport.and_then(|s| std::str::from_utf8(msg.slice(s)).ok()).and_then(|t| t.split_once('=')).and_then(|(_, v)| v.trim().parse().ok());
         // On a datagram, octets past Content-Length are discarded (RFC 3261 §18.3): more of
         // them than the header admits is a body something rewrote without fixing the header.
         let received = msg.bytes().len().saturating_sub(msg.body.start as usize);
@@ -51,9 +47,9 @@ impl Signaling {
             at,
             reliable,
             source,
-            via: via.host.ip().map(|ip| (ip, via.port.unwrap_or(5060))),
+            via: via_addr,
             via_rport: rport,
-            contact: contact.and_then(|u| crate::config::TargetUri::parse(u).ok()).and_then(|u| u.ip.map(|ip| (ip, u.port.unwrap_or(5060)))),
+            contact,
             body: msg.body_bytes(),
             length_mismatch: declared.filter(|_| rewritten).map(|d| (d, received)),
             user_agent: msg.headers.iter().find(|h| msg.slice(h.name_span).eq_ignore_ascii_case(b"User-Agent")).map(|h| msg.text(h.value).into_owned()),

@@ -26,6 +26,16 @@ pub fn is_private(ip: IpAddr) -> bool {
 /// [`nat_reason`] for a request as it arrived from `source`: its top Via's sent-by and its
 /// first Contact (when an IP literal) against the source.
 pub fn request_nat(msg: &crate::message::Message, source: SocketAddr, reliable: bool) -> Option<&'static str> {
+    let (via, contact) = declared_addrs(msg);
+    nat_reason(source, reliable, via, contact)
+}
+
+/// An address and port a message declares (port 5060 when absent).
+pub type Declared = Option<(IpAddr, u16)>;
+
+/// The addresses a request declares for its sender: the top Via's sent-by and the first
+/// Contact's host and port, each when an IP literal.
+pub fn declared_addrs(msg: &crate::message::Message) -> (Declared, Declared) {
     let via = msg.top_via();
     let via_addr = via.host.ip().map(|ip| (ip, via.port.unwrap_or(5060)));
     let contact = match &msg.contacts {
@@ -33,7 +43,7 @@ pub fn request_nat(msg: &crate::message::Message, source: SocketAddr, reliable: 
         _ => None,
     };
     let contact_addr = contact.and_then(|u| crate::config::TargetUri::parse(u).ok()).and_then(|u| u.ip.map(|ip| (ip, u.port.unwrap_or(5060))));
-    nat_reason(source, reliable, via_addr, contact_addr)
+    (via_addr, contact_addr)
 }
 
 /// Why a phone is behind NAT, or `None`. `via` is the top Via's sent-by (the port 5060 when
